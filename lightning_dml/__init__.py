@@ -1,0 +1,1 @@
+"""lightning_dml: deep metric learning and zero-shot image retrieval with PyTorch Lightning."""
