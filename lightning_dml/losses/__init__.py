@@ -1,0 +1,10 @@
+"""Metric-learning losses that pytorch-metric-learning lacks.
+
+Every loss here follows PML's calling convention ``loss(embeddings, labels, indices_tuple=None, ref_emb=None,
+ref_labels=None)``. Any loss PML already has is used directly by ``class_path``
+(e.g. ``pytorch_metric_learning.losses.MultiSimilarityLoss``) and is not wrapped here.
+"""
+
+from lightning_dml.losses.binomial_deviance import BinomialDevianceLoss
+
+__all__ = ["BinomialDevianceLoss"]

@@ -1,0 +1,6 @@
+"""Models: backbones (images -> features), embedding heads (features -> embeddings) and their composition."""
+
+from lightning_dml.models.backbones import SmallCNN, TimmBackbone, TorchvisionBackbone
+from lightning_dml.models.heads import EmbeddingHead, EmbeddingNetwork
+
+__all__ = ["EmbeddingHead", "EmbeddingNetwork", "SmallCNN", "TimmBackbone", "TorchvisionBackbone"]

@@ -1,0 +1,5 @@
+"""``python -m lightning_dml`` runs the CLI."""
+
+from lightning_dml.cli import main
+
+main()

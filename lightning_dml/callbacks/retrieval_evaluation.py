@@ -1,0 +1,147 @@
+"""``RetrievalEvaluation``: gathers evaluation embeddings from every rank and logs exact retrieval metrics."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torchmetrics.utilities.distributed import gather_all_tensors
+
+from lightning_dml.errors import LightningDMLError
+from lightning_dml.metrics import clustering_metrics, retrieval_metrics
+
+Stage = Literal["validate", "test"]
+
+
+def unique_by_index(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sort rows by ``outputs["indices"]`` and keep the first row of each index.
+
+    A distributed sampler pads the last rank's share with repeated items; dropping them by dataset index
+    (never by position) and sorting makes the gathered set identical to a single-process run.
+    """
+    order = torch.argsort(outputs["indices"], stable=True)
+    indices = outputs["indices"][order]
+    first = torch.ones_like(indices, dtype=torch.bool)
+    first[1:] = indices[1:] != indices[:-1]
+    return {key: value[order][first] for key, value in outputs.items()}
+
+
+class RetrievalEvaluation(L.Callback):
+    """Computes Recall@K, precision@1, R-Precision, MAP@R (and NMI, F1) for every evaluation set.
+
+    Each set is evaluated leave-one-out, or query-vs-gallery when its items carry ``is_query``/``is_gallery``.
+    Metrics are logged as ``{set}/{metric}`` (``val/recall@1``, ``val_unseen/map@r``, ``test/nmi``), computed
+    on rank 0 from the de-duplicated embeddings of all ranks and broadcast, so every rank logs the same values
+    and ``ModelCheckpoint(monitor=...)`` works under DDP.
+
+    Args:
+        recall_at: the K of Recall@K.
+        metric: similarity of the k-NN search.
+        clustering: also compute NMI and F1 (k-means with one cluster per class).
+        backend: k-NN implementation (``faiss`` needs the ``faiss`` extra).
+        chunk_size: queries per similarity block (``None``: sized to a fixed memory budget).
+        seed: k-means seed.
+    """
+
+    def __init__(
+        self,
+        recall_at: Sequence[int] = (1, 2, 4, 8),
+        metric: Literal["cosine", "euclidean"] = "cosine",
+        clustering: bool = True,
+        backend: Literal["torch", "faiss"] = "torch",
+        chunk_size: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.recall_at = list(recall_at)
+        self.metric = metric
+        self.clustering = clustering
+        self.backend = backend
+        self.chunk_size = chunk_size
+        self.seed = seed
+        self._outputs: dict[int, list[dict[str, torch.Tensor]]] = defaultdict(list)
+
+    def compute(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Return the metrics of one evaluation set's de-duplicated outputs."""
+        embeddings, labels, indices = outputs["embeddings"].float(), outputs["labels"], outputs["indices"]
+        options = {"recall_at": self.recall_at, "metric": self.metric, "backend": self.backend}
+        if "is_query" in outputs:
+            query, gallery = outputs["is_query"].bool(), outputs["is_gallery"].bool()
+            metrics = retrieval_metrics(
+                embeddings[query],
+                labels[query],
+                embeddings[gallery],
+                labels[gallery],
+                query_ids=indices[query],
+                gallery_ids=indices[gallery],
+                chunk_size=self.chunk_size,
+                **options,
+            )
+        else:
+            metrics = retrieval_metrics(embeddings, labels, chunk_size=self.chunk_size, **options)
+        if self.clustering:
+            metrics |= clustering_metrics(embeddings, labels, seed=self.seed)
+        return metrics
+
+    def _collect(self, outputs: Any, dataloader_idx: int) -> None:
+        self._outputs[dataloader_idx].append({key: value.detach() for key, value in outputs.items()})
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        """Keep the batch's embeddings, labels and indices."""
+        self._collect(outputs, dataloader_idx)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        """Keep the batch's embeddings, labels and indices."""
+        self._collect(outputs, dataloader_idx)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Evaluate every validation set (not during the sanity check, which sees only a few batches)."""
+        if trainer.sanity_checking:
+            self._outputs.clear()
+            return
+        self._evaluate(trainer, pl_module, "validate")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Evaluate the test set(s)."""
+        self._evaluate(trainer, pl_module, "test")
+
+    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: Stage) -> None:
+        loaders = trainer.val_dataloaders if stage == "validate" else trainer.test_dataloaders
+        loaders = loaders if isinstance(loaders, Sequence) else [loaders]
+        limited = trainer.num_val_batches if stage == "validate" else trainer.num_test_batches
+        for idx, (name, loader) in enumerate(zip(set_names(trainer, stage, len(loaders)), loaders)):
+            outputs = unique_by_index(gather(self._outputs.pop(idx)))
+            if len(outputs["indices"]) != len(loader.dataset):
+                message = (
+                    f"{name}: evaluated {len(outputs['indices'])} distinct images of {len(loader.dataset)}"
+                )
+                if limited[idx] >= len(loader):
+                    raise LightningDMLError(f"{message}: the evaluation loader or its sampler lost images")
+                rank_zero_warn(f"{message} (limit_{'val' if stage == 'validate' else 'test'}_batches is set)")
+            metrics = self.compute(outputs) if trainer.is_global_zero else None
+            metrics = trainer.strategy.broadcast(metrics, src=0)
+            for key, value in metrics.items():
+                pl_module.log(f"{name}/{key}", value, add_dataloader_idx=False, sync_dist=False)
+        self._outputs.clear()
+
+
+def gather(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate one rank's batches, then every rank's (uneven sizes allowed)."""
+    local = {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return local
+    return {key: torch.cat(gather_all_tensors(value)) for key, value in local.items()}
+
+
+def set_names(trainer: L.Trainer, stage: Stage, count: int) -> list[str]:
+    """Names of the evaluation sets, from the data module when it names them."""
+    datamodule = trainer.datamodule
+    if datamodule is not None and hasattr(datamodule, "evaluation_sets"):
+        return list(datamodule.evaluation_sets(stage))
+    base = "val" if stage == "validate" else "test"
+    return [base] if count == 1 else [f"{base}_{i}" for i in range(count)]

@@ -1,0 +1,75 @@
+"""``lightning-dml``: the LightningCLI of the project (fit / validate / test / predict)."""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_dml.callbacks import RetrievalEvaluation
+from lightning_dml.data.datamodule import RetrievalDataModule
+from lightning_dml.errors import LightningDMLError
+from lightning_dml.methods import RetrievalModule
+
+TRAINER_DEFAULTS = {
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "runs", "name": "lightning_dml"},
+    },
+    # The class-balanced batch sampler and the evaluation loaders shard themselves across DDP ranks.
+    "use_distributed_sampler": False,
+}
+
+
+class DMLCLI(LightningCLI):
+    """LightningCLI with retrieval evaluation and checkpointing always on, and omegaconf interpolation.
+
+    Model and data are chosen by ``class_path`` (any ``RetrievalModule`` / ``RetrievalDataModule``). Two
+    sections are added: ``evaluation`` (the ``RetrievalEvaluation`` callback) and ``checkpoint`` (a
+    ``ModelCheckpoint`` keeping the best by ``val/map@r`` and the last). ``fit`` ends with ``test`` on the
+    best checkpoint unless ``--test_after_fit false``.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(
+            RetrievalModule,
+            RetrievalDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            parser_kwargs={"parser_mode": "omegaconf"},
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [RichProgressBar()]},
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Add the evaluation and checkpoint sections and the ``test_after_fit`` switch."""
+        parser.add_lightning_class_args(RetrievalEvaluation, "evaluation")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {"checkpoint.monitor": "val/map@r", "checkpoint.mode": "max", "checkpoint.save_last": True}
+        )
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=True, help="Run test on the best checkpoint."
+        )
+
+    def after_fit(self) -> None:
+        """Test the best checkpoint (or the final weights when none was saved)."""
+        if not self.config[self.subcommand].get("test_after_fit", True):
+            return
+        best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=True)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point: run the CLI, printing project errors as one line."""
+    try:
+        DMLCLI(args=args)
+    except LightningDMLError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()

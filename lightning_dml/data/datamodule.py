@@ -1,0 +1,188 @@
+"""``RetrievalDataModule``: splits, transforms, the class-balanced sampler and the evaluation sets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, DistributedSampler
+from torchvision.transforms import v2
+
+from lightning_dml.data.base import RetrievalDataset
+from lightning_dml.data.sampler import ClassBalancedBatchSampler
+from lightning_dml.data.splits import check_disjoint_classes, hold_out_classes, hold_out_images
+from lightning_dml.errors import DataError
+
+Protocol = Literal["zero_shot", "closed_set"]
+Validation = Literal["seen", "unseen", "test"]
+Stage = Literal["validate", "test", "predict"]
+
+
+class RetrievalDataModule(L.LightningDataModule):
+    """Base data module for retrieval: a subclass says what the data is, this class how it is used.
+
+    Subclasses implement :meth:`build`, returning the training pool and the test set (no transforms), and may
+    override :meth:`default_transforms` and the class attributes ``num_channels`` and ``image_size``.
+
+    Args:
+        classes_per_batch: P, distinct classes in each training batch.
+        samples_per_class: K, images of each class in a training batch (batch size P·K).
+        eval_batch_size: batch size for validation, test and predict.
+        validation: which evaluation sets are checked during training, each logged under its own name
+            (``val`` when there is one, else ``val_seen`` / ``val_unseen`` / ``val_test``):
+            ``seen`` — held-out images of the training classes; ``unseen`` — held-out training classes
+            (zero-shot model selection without touching the test set); ``test`` — the test set itself
+            (test-set feedback: fine for monitoring, not for model selection in a paper).
+        val_classes: training classes held out for ``unseen``: a fraction if < 1, else a count.
+        val_images: fraction of each training class's images held out for ``seen``.
+        protocol: ``zero_shot`` (train and test classes disjoint, checked at ``setup``) or ``closed_set``.
+        train_transform: transform for training images; ``None`` gives the dataset's default.
+        eval_transform: transform for evaluation images; ``None`` gives the dataset's default.
+        num_workers: data loader worker processes.
+        seed: seed of the validation hold-outs and of the batch sampler (combined with the epoch).
+    """
+
+    num_channels: int = 3
+    image_size: int = 224
+
+    def __init__(
+        self,
+        classes_per_batch: int = 8,
+        samples_per_class: int = 4,
+        eval_batch_size: int = 256,
+        validation: Sequence[Validation] = ("unseen",),
+        val_classes: float = 0.2,
+        val_images: float = 0.2,
+        protocol: Protocol = "zero_shot",
+        train_transform: Callable | None = None,
+        eval_transform: Callable | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if len(set(validation)) != len(validation):
+            raise DataError(f"validation lists a set twice: {list(validation)}")
+        self.classes_per_batch = classes_per_batch
+        self.samples_per_class = samples_per_class
+        self.eval_batch_size = eval_batch_size
+        self.validation = list(validation)
+        self.val_classes = val_classes
+        self.val_images = val_images
+        self.protocol = protocol
+        self.train_transform = train_transform
+        self.eval_transform = eval_transform
+        self.num_workers = num_workers
+        self.seed = seed
+        self.train_set: RetrievalDataset | None = None
+        self.val_sets: dict[str, RetrievalDataset] = {}
+        self.test_set: RetrievalDataset | None = None
+
+    def build(self) -> tuple[RetrievalDataset, RetrievalDataset]:
+        """Return the training pool and the test set for ``self.protocol``, without transforms."""
+        raise NotImplementedError
+
+    def default_transforms(self, train: bool) -> Callable:
+        """Return the dataset's default transform: to float in [0, 1], then normalised to zero mean."""
+        return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5], [0.5])])
+
+    @property
+    def num_train_classes(self) -> int:
+        """Number of classes the model trains on (known after ``setup``)."""
+        if self.train_set is None:
+            self.setup("fit")
+        return self.train_set.num_classes
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the training, validation and test sets once; check the protocol's class split."""
+        if self.train_set is not None:
+            return
+        pool, test = self.build()
+        train_t = self.train_transform or self.default_transforms(train=True)
+        eval_t = self.eval_transform or self.default_transforms(train=False)
+        generator = torch.Generator().manual_seed(self.seed)
+        keep = torch.ones(len(pool), dtype=torch.bool)
+        held_out = {}
+        if "unseen" in self.validation:
+            classes = hold_out_classes(pool.class_ids, self.val_classes, generator)
+            held_out["unseen"] = torch.isin(pool.class_ids, classes)
+            keep &= ~held_out["unseen"]
+        if "seen" in self.validation:
+            kept = keep.nonzero().flatten()
+            chosen = hold_out_images(pool.class_ids[kept], self.val_images, self.samples_per_class, generator)
+            held_out["seen"] = torch.zeros_like(keep).index_fill_(0, kept[chosen], True)
+            keep &= ~held_out["seen"]
+        self.train_set = pool.select(keep.nonzero().flatten(), train_t, contiguous_labels=True)
+        self.test_set = test.select(
+            torch.arange(len(test)), eval_t, is_query=test.is_query, is_gallery=test.is_gallery
+        )
+        names = ["val"] if len(self.validation) == 1 else [f"val_{v}" for v in self.validation]
+        self.val_sets = {
+            name: self.test_set
+            if choice == "test"
+            else pool.select(held_out[choice].nonzero().flatten(), eval_t)
+            for name, choice in zip(names, self.validation)
+        }
+        if self.protocol == "zero_shot":
+            check_disjoint_classes(self.train_set.class_ids, self.test_set.class_ids, "test")
+            if "unseen" in self.validation:
+                name = names[self.validation.index("unseen")]
+                check_disjoint_classes(self.train_set.class_ids, self.val_sets[name].class_ids, name)
+        rank_zero_info(self.summary())
+
+    def summary(self) -> str:
+        """Return a short table of images and classes per split and the protocol."""
+        sets = {"train": self.train_set, **self.val_sets, "test": self.test_set}
+        rows = [f"{name:<12}{len(ds):>9}{ds.num_classes:>9}" for name, ds in sets.items()]
+        header = f"{type(self).__name__} ({self.protocol})\n{'set':<12}{'images':>9}{'classes':>9}"
+        return "\n".join([header, *rows])
+
+    def evaluation_sets(self, stage: Stage) -> dict[str, RetrievalDataset]:
+        """Return the named evaluation sets of a stage, in data loader order."""
+        self.setup(stage)
+        return self.val_sets if stage == "validate" else {"test": self.test_set}
+
+    def train_dataloader(self) -> DataLoader:
+        """Class-balanced batches (P classes × K images), distinct whole batches on each DDP rank.
+
+        Under DDP the trainer needs ``use_distributed_sampler=False`` (the CLI's default): the batch sampler
+        shards itself.
+        """
+        sampler = ClassBalancedBatchSampler(
+            self.train_set.labels, self.classes_per_batch, self.samples_per_class, seed=self.seed
+        )
+        return DataLoader(
+            self.train_set,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _eval_loader(self, dataset: RetrievalDataset) -> DataLoader:
+        # Sharded here rather than by Lightning, which cannot inject its sampler into the training batch
+        # sampler (hence use_distributed_sampler=False); the evaluation callback drops the padded duplicates.
+        trainer = self.trainer
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            sampler = DistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """One loader per validation set, in ``val_sets`` order."""
+        return [self._eval_loader(ds) for ds in self.evaluation_sets("validate").values()]
+
+    def test_dataloader(self) -> DataLoader:
+        """The test set's loader."""
+        return self._eval_loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test set's loader (embeddings of every test image, in order)."""
+        return self._eval_loader(self.test_set)

@@ -1,0 +1,47 @@
+"""scikit-learn's bundled handwritten digits: 1,797 greyscale 8×8 images, 10 classes, no download."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from sklearn.datasets import load_digits
+
+from lightning_dml.data.base import RetrievalDataset, TensorImages
+from lightning_dml.data.datamodule import RetrievalDataModule
+from lightning_dml.data.splits import hold_out_images
+
+
+class Digits(RetrievalDataModule):
+    """scikit-learn digits as a retrieval benchmark.
+
+    Zero-shot (default): ``train_classes`` (digits 0–4) for training, the other digits for testing.
+    Closed set: all ten digits in both, with ``test_fraction`` of each digit's images held out for testing.
+    """
+
+    num_channels = 1
+    image_size = 8
+
+    def __init__(
+        self, train_classes: Sequence[int] = (0, 1, 2, 3, 4), test_fraction: float = 0.3, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.train_classes = list(train_classes)
+        self.test_fraction = test_fraction
+
+    def build(self) -> tuple[RetrievalDataset, RetrievalDataset]:
+        """Load the digits (grey levels 0–16 scaled to 0–255) and split them by the protocol."""
+        pixels, labels = load_digits(return_X_y=True)
+        images = torch.as_tensor(pixels * 255 / 16).round().to(torch.uint8).reshape(-1, 1, 8, 8)
+        source = TensorImages(images, labels)
+        if self.protocol == "zero_shot":
+            is_train = torch.isin(source.labels, torch.as_tensor(self.train_classes))
+        else:
+            generator = torch.Generator().manual_seed(self.seed)
+            is_train = torch.ones(len(source), dtype=torch.bool)
+            is_train[hold_out_images(source.labels, self.test_fraction, 1, generator)] = False
+        everything = RetrievalDataset(source)
+        return everything.select(is_train.nonzero().flatten()), everything.select(
+            (~is_train).nonzero().flatten()
+        )

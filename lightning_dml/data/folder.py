@@ -1,0 +1,133 @@
+"""Images in class folders (``root/<class_name>/<image>``), and the file datasets' default transforms."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+
+from lightning_dml.data.base import ImageFiles, RetrievalDataset
+from lightning_dml.data.datamodule import RetrievalDataModule
+from lightning_dml.data.splits import hold_out_images
+from lightning_dml.errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def file_transforms(image_size: int, train: bool) -> Callable:
+    """Return ImageNet-style transforms to ``image_size`` squares, normalised with ImageNet mean/std.
+
+    Training: random resized crop and horizontal flip. Evaluation: resize the shorter side, then center crop.
+    """
+    if train:
+        geometry = [v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip()]
+    else:
+        geometry = [v2.Resize(image_size), v2.CenterCrop(image_size)]
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            *geometry,
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def listed(names: Sequence[str], limit: int = 20) -> str:
+    """Return the first ``limit`` names comma-separated, with ``...`` when there are more."""
+    return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
+
+
+def scan_class_folders(root: Path, extensions: Sequence[str]) -> tuple[list[str], list[Path], list[int]]:
+    """Return the class names (sorted), every image path under ``root/<class_name>/`` and its class id."""
+    layout = f"expected {root}/<class_name>/<image>.jpg"
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}; {layout} (set root to that folder)")
+    suffixes = {ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in extensions}
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    images = [
+        sorted(p for p in f.rglob("*") if p.is_file() and p.suffix.lower() in suffixes) for f in folders
+    ]
+    if not any(images):
+        raise DataError(f"no images ({', '.join(sorted(suffixes))}) found in {root}; {layout}")
+    empty = [folder.name for folder, files in zip(folders, images, strict=True) if not files]
+    if empty:
+        raise DataError(f"class folders without images in {root}: {listed(empty)}; add images or remove them")
+    labels = [label for label, files in enumerate(images) for _ in files]
+    return [folder.name for folder in folders], [path for files in images for path in files], labels
+
+
+class ImageFolder(RetrievalDataModule):
+    """Images in one folder per class, ``root/<class_name>/<image>``; classes sorted by name get ids 0..C-1.
+
+    Zero-shot (default): the classes named in ``train_classes`` (default: the first half of the sorted names)
+    for training, the others for testing. Closed set: all classes, ``test_fraction`` of each class's images
+    held out for testing.
+
+    Args:
+        root: the folder holding one sub-folder per class.
+        train_classes: class folder names used for training in the zero-shot protocol.
+        extensions: file name endings counted as images (case-insensitive).
+        test_fraction: fraction of each class's images held out for testing in the closed-set protocol.
+        image_size: side of the square images the default transforms produce.
+        **kwargs: the :class:`RetrievalDataModule` arguments.
+    """
+
+    num_channels = 3
+
+    def __init__(
+        self,
+        root: str,
+        train_classes: Sequence[str] | None = None,
+        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        test_fraction: float = 0.3,
+        image_size: int = 224,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.root = root
+        self.train_classes = None if train_classes is None else list(train_classes)
+        self.extensions = list(extensions)
+        self.test_fraction = test_fraction
+        self.image_size = image_size
+
+    def build(self) -> tuple[RetrievalDataset, RetrievalDataset]:
+        """Scan the class folders and split the images by the protocol."""
+        names, paths, labels = scan_class_folders(Path(self.root), self.extensions)
+        source = ImageFiles(paths, labels)
+        if self.protocol == "zero_shot":
+            is_train = torch.isin(source.labels, torch.as_tensor(self.train_class_ids(names)))
+        else:
+            generator = torch.Generator().manual_seed(self.seed)
+            is_train = torch.ones(len(source), dtype=torch.bool)
+            is_train[hold_out_images(source.labels, self.test_fraction, 1, generator)] = False
+        everything = RetrievalDataset(source)
+        return everything.select(is_train.nonzero().flatten()), everything.select(
+            (~is_train).nonzero().flatten()
+        )
+
+    def train_class_ids(self, names: list[str]) -> list[int]:
+        """Return the zero-shot training class ids; unknown names or an empty side raise a DataError."""
+        chosen = names[: len(names) // 2] if self.train_classes is None else self.train_classes
+        unknown = sorted(set(chosen) - set(names))
+        if unknown:
+            raise DataError(
+                f"train_classes names no folder in {self.root}: {listed(unknown)}; "
+                f"the classes are {listed(names)}"
+            )
+        if not 0 < len(set(chosen)) < len(names):
+            raise DataError(
+                f"zero-shot needs training and test classes, but train_classes picks {len(set(chosen))} "
+                f"of the {len(names)} classes in {self.root}; pick some but not all, "
+                "or choose protocol: closed_set"
+            )
+        return [names.index(name) for name in sorted(set(chosen))]
+
+    def default_transforms(self, train: bool) -> Callable:
+        """Return :func:`file_transforms` at ``image_size``."""
+        return file_transforms(self.image_size, train)

@@ -1,0 +1,145 @@
+"""Class-balanced P×K batch sampler: (nearly) every image each epoch, whole batches split across ranks."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import Sampler
+
+from lightning_dml.errors import DataError
+
+_MAX_LISTED_CLASSES = 10
+
+
+class ClassBalancedBatchSampler(Sampler[list[int]]):
+    """Yield batches of ``classes_per_batch`` (P) distinct classes × ``samples_per_class`` (K) positions.
+
+    The K positions of a class are consecutive in a batch. Each epoch, every class's images are shuffled
+    and cut into groups of K (the last group topped up with other images of the same class); batches take
+    P groups of P distinct classes, drawn in proportion to the groups each class has left; groups that
+    cannot fill a batch are dropped. The plan depends only on ``(seed, epoch)``, so every rank computes
+    the same global list and rank ``r`` of ``W`` takes whole batches ``r, r + W, ...``, truncated so all
+    ranks yield the same number. ``num_replicas`` / ``rank`` left ``None`` are read from
+    ``torch.distributed`` when iterating (1 / 0 if it is not initialised). Under Lightning set
+    ``Trainer(use_distributed_sampler=False)``: this sampler does the distributed split itself.
+    """
+
+    def __init__(
+        self,
+        labels: Tensor | Sequence[int],
+        classes_per_batch: int,
+        samples_per_class: int,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if classes_per_batch < 1 or samples_per_class < 1:
+            raise DataError(
+                f"classes_per_batch={classes_per_batch} and samples_per_class={samples_per_class} "
+                "must both be at least 1"
+            )
+        labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+        class_ids, counts = labels.unique(return_counts=True)
+        _check_class_sizes(class_ids, counts, classes_per_batch, samples_per_class)
+        order = labels.argsort(stable=True)
+        self.positions_per_class: list[Tensor] = list(order.split(counts.tolist()))
+        self.classes_per_batch = classes_per_batch
+        self.samples_per_class = samples_per_class
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self._cached_plan: tuple[int, Tensor] | None = None
+
+    @property
+    def sampler(self) -> ClassBalancedBatchSampler:
+        """This sampler itself, because Lightning calls ``set_epoch`` on ``batch_sampler.sampler`` only."""
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose plan the next ``__iter__`` / ``__len__`` use."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        """Yield this rank's batches for the current epoch as lists of dataset positions."""
+        for batch in self._rank_batches():
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        """Number of batches ``__iter__`` yields on this rank for the current epoch."""
+        return len(self._rank_batches())
+
+    def _rank_batches(self) -> Tensor:
+        world_size, rank = self._world()
+        plan = self._global_plan()
+        per_rank = len(plan) // world_size
+        return plan[rank::world_size][:per_rank]
+
+    def _world(self) -> tuple[int, int]:
+        initialised = dist.is_available() and dist.is_initialized()
+        world_size = (
+            self.num_replicas
+            if self.num_replicas is not None
+            else (dist.get_world_size() if initialised else 1)
+        )
+        rank = self.rank if self.rank is not None else (dist.get_rank() if initialised else 0)
+        if not 0 <= rank < world_size:
+            raise DataError(
+                f"rank={rank} is outside num_replicas={world_size}; pass 0 <= rank < num_replicas"
+            )
+        return world_size, rank
+
+    def _global_plan(self) -> Tensor:
+        """All batches of the current epoch as a ``(num_batches, P * K)`` tensor, cached per epoch."""
+        if self._cached_plan is None or self._cached_plan[0] != self.epoch:
+            self._cached_plan = (self.epoch, self._build_plan(self.epoch))
+        return self._cached_plan[1]
+
+    def _build_plan(self, epoch: int) -> Tensor:
+        # torch's CPU generator keeps only the low 32 bits of its seed: hash (seed, epoch) into 32 bits
+        digest = hashlib.blake2b(f"{self.seed}:{epoch}".encode(), digest_size=4).digest()
+        generator = torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+        groups = [self._shuffled_groups(positions, generator) for positions in self.positions_per_class]
+        remaining = torch.tensor([len(g) for g in groups], dtype=torch.float64)
+        batches = []
+        # hand-written: PML's MPerClassSampler neither covers every image per epoch nor splits across ranks
+        while int((remaining > 0).sum()) >= self.classes_per_batch:
+            classes = torch.multinomial(
+                remaining, self.classes_per_batch, replacement=False, generator=generator
+            )
+            remaining[classes] -= 1
+            batches.append(torch.cat([groups[c][int(remaining[c])] for c in classes.tolist()]))
+        if not batches:
+            return torch.empty(0, self.classes_per_batch * self.samples_per_class, dtype=torch.long)
+        return torch.stack(batches)
+
+    def _shuffled_groups(self, positions: Tensor, generator: torch.Generator) -> Tensor:
+        """Shuffle a class's positions into ``(ceil(n / K), K)`` groups, the last topped up from the first."""
+        shuffled = positions[torch.randperm(len(positions), generator=generator)]
+        # the top-up comes from the first groups, so it never repeats an image of the last group (n >= K)
+        shortfall = -len(shuffled) % self.samples_per_class
+        return torch.cat([shuffled, shuffled[:shortfall]]).view(-1, self.samples_per_class)
+
+
+def _check_class_sizes(
+    class_ids: Tensor, counts: Tensor, classes_per_batch: int, samples_per_class: int
+) -> None:
+    """Raise ``DataError`` when a class has fewer than K images or there are fewer than P classes."""
+    ids, sizes = class_ids.tolist(), counts.tolist()
+    small = [i for i, size in enumerate(sizes) if size < samples_per_class]
+    if small:
+        listed = ", ".join(f"{ids[i]} ({sizes[i]} images)" for i in small[:_MAX_LISTED_CLASSES])
+        more = f" and {len(small) - _MAX_LISTED_CLASSES} more" if len(small) > _MAX_LISTED_CLASSES else ""
+        raise DataError(
+            f"samples_per_class={samples_per_class} but these classes have fewer images: {listed}{more}; "
+            "lower samples_per_class or drop those classes"
+        )
+    if len(ids) < classes_per_batch:
+        raise DataError(
+            f"classes_per_batch={classes_per_batch} but the labels hold only {len(ids)} classes; "
+            f"lower classes_per_batch to at most {len(ids)}"
+        )

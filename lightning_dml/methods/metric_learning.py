@@ -1,0 +1,69 @@
+"""``MetricLearning``: a backbone and an embedding head trained with any pytorch-metric-learning loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_dml.methods.base import RetrievalModule
+from lightning_dml.models import EmbeddingHead
+
+
+class MetricLearning(RetrievalModule):
+    """Baseline deep metric learning: ``loss(head(backbone(x)), labels, miner(...))``.
+
+    Args:
+        backbone: feature extractor with an ``out_features`` attribute (``lightning_dml.models``).
+        loss: a loss with pytorch-metric-learning's calling convention, e.g.
+            ``pytorch_metric_learning.losses.MultiSimilarityLoss`` or ``lightning_dml.losses.BinomialDevianceLoss``.
+            Its own parameters (proxies, a learnable margin) are trained with the rest.
+        miner: optional pytorch-metric-learning miner whose tuples are handed to the loss.
+        embedding_size: output dimension.
+        hidden_size: set it for an MLP head instead of a linear one.
+        normalize: L2-normalise the embeddings.
+        backbone_lr: learning rate of the backbone (``None``: the optimizer's), e.g. lower for pretrained ones.
+        loss_lr: learning rate of the loss's parameters (``None``: the optimizer's); proxies often want more.
+        **kwargs: optimizer and scheduler options of :class:`RetrievalModule`.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        loss: nn.Module,
+        miner: nn.Module | None = None,
+        embedding_size: int = 128,
+        hidden_size: int | None = None,
+        normalize: bool = True,
+        backbone_lr: float | None = None,
+        loss_lr: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters()
+        self.backbone = backbone
+        self.head = EmbeddingHead(backbone.out_features, embedding_size, hidden_size, normalize)
+        self.loss = loss
+        self.miner = miner
+        self.backbone_lr = backbone_lr
+        self.loss_lr = loss_lr
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Return ``head(backbone(images))``."""
+        return self.head(self.backbone(images))
+
+    def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Apply the miner (if any) and the loss to the batch's embeddings."""
+        embeddings, labels = self.embed(batch["image"]), batch["label"]
+        tuples = self.miner(embeddings, labels) if self.miner is not None else None
+        return self.loss(embeddings, labels, tuples)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Backbone, head and loss parameters, with their own learning rates where configured."""
+        groups = [
+            ({"params": list(self.backbone.parameters())}, self.backbone_lr),
+            ({"params": list(self.head.parameters())}, None),
+            ({"params": list(self.loss.parameters())}, self.loss_lr),
+        ]
+        return [group | ({"lr": lr} if lr is not None else {}) for group, lr in groups if group["params"]]

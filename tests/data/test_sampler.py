@@ -1,0 +1,161 @@
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_dml.data.sampler import ClassBalancedBatchSampler
+from lightning_dml.errors import DataError
+
+
+def labels_with_sizes(sizes: list[int]) -> torch.Tensor:
+    """Shuffled labels: class c has sizes[c] images."""
+    labels = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
+    return labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))]
+
+
+def max_batches(groups_per_class: list[int], classes_per_batch: int) -> int:
+    """Independent reference: most batches of P distinct classes the groups allow: sum min(g_c, b) >= P b."""
+    b = 0
+    while sum(min(g, b + 1) for g in groups_per_class) >= classes_per_batch * (b + 1):
+        b += 1
+    return b
+
+
+def test_batches_are_p_classes_times_k_consecutive():
+    labels = labels_with_sizes([5, 7, 4, 9, 6, 4, 11])  # sizes not multiples of K: last groups are topped up
+    sampler = ClassBalancedBatchSampler(labels, classes_per_batch=3, samples_per_class=4)
+    batches = list(sampler)
+    assert batches
+    for batch in batches:
+        assert len(batch) == 12
+        blocks = labels[batch].view(3, 4)
+        assert (blocks == blocks[:, :1]).all()  # K consecutive images per class
+        assert len(set(blocks[:, 0].tolist())) == 3  # P distinct classes
+        for block in torch.tensor(batch).view(3, 4):
+            assert len(set(block.tolist())) == 4  # a topped-up group never repeats an image
+
+
+@pytest.mark.parametrize(
+    ("sizes", "classes_per_batch"),
+    [([8, 8, 8, 8], 4), ([2] * 12, 4), ([6, 6, 6, 6, 6, 6], 3)],
+)
+def test_every_image_visited_once_when_sizes_are_multiples_of_k(sizes, classes_per_batch):
+    labels = labels_with_sizes(sizes)
+    sampler = ClassBalancedBatchSampler(labels, classes_per_batch, samples_per_class=2)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        visited = [i for batch in sampler for i in batch]
+        assert sorted(visited) == list(range(len(labels)))
+
+
+def test_uneven_classes_use_nearly_all_possible_batches():
+    generator = torch.Generator().manual_seed(1)
+    for seed in range(5):
+        groups = torch.randint(1, 8, (30,), generator=generator)
+        sampler = ClassBalancedBatchSampler(labels_with_sizes((3 * groups).tolist()), 8, 3, seed=seed)
+        visited = [i for batch in sampler for i in batch]
+        assert len(visited) == len(set(visited))  # no image twice when sizes are multiples of K
+        assert len(sampler) >= 0.9 * max_batches(groups.tolist(), 8)
+
+
+def test_deterministic_per_seed_and_epoch():
+    labels = labels_with_sizes([6, 9, 4, 8, 5, 7])
+    first, second = (ClassBalancedBatchSampler(labels, 2, 3, seed=7) for _ in range(2))
+    first.set_epoch(3)
+    second.set_epoch(3)
+    assert list(first) == list(second)
+    second.set_epoch(4)
+    assert list(first) != list(second)
+    other_seed = ClassBalancedBatchSampler(labels, 2, 3, seed=8)
+    other_seed.set_epoch(3)
+    assert list(first) != list(other_seed)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_take_disjoint_whole_batches_of_the_global_plan(world_size):
+    labels = labels_with_sizes([4 * n for n in (3, 5, 2, 4, 6, 3, 2, 5)])
+    global_plan = ClassBalancedBatchSampler(labels, 3, 4, seed=5, num_replicas=1, rank=0)
+    global_plan.set_epoch(2)
+    plan = [tuple(batch) for batch in global_plan]
+    per_rank = []
+    for rank in range(world_size):
+        sampler = ClassBalancedBatchSampler(labels, 3, 4, seed=5, num_replicas=world_size, rank=rank)
+        sampler.set_epoch(2)
+        per_rank.append([tuple(batch) for batch in sampler])
+    assert len({len(batches) for batches in per_rank}) == 1
+    assert len(per_rank[0]) == len(plan) // world_size > 0
+    all_batches = [batch for batches in per_rank for batch in batches]
+    assert set(all_batches) <= set(plan)
+    assert len(set(all_batches)) == len(all_batches)
+    images = [i for batch in all_batches for i in batch]
+    assert len(images) == len(set(images))  # sizes are multiples of K: no image on two ranks
+
+
+def test_world_is_read_from_torch_distributed_at_iteration_time(monkeypatch):
+    labels = labels_with_sizes([4] * 12)
+    sampler = ClassBalancedBatchSampler(labels, 2, 2)  # built before the "process group" exists
+    assert len(sampler) == 12
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 3)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    global_plan = ClassBalancedBatchSampler(labels, 2, 2, num_replicas=1, rank=0)
+    assert list(sampler) == list(global_plan)[1::3]
+
+
+def test_len_equals_batches_yielded():
+    labels = labels_with_sizes([3, 10, 4, 7, 5, 3, 8])
+    for world_size in (1, 2, 3):
+        for rank in range(world_size):
+            sampler = ClassBalancedBatchSampler(labels, 3, 3, num_replicas=world_size, rank=rank)
+            for epoch in range(4):
+                sampler.set_epoch(epoch)
+                assert len(sampler) == len(list(sampler))
+
+
+def test_lightning_calls_set_epoch():
+    class Recorder(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+            self.batches: list[tuple[int, list[int]]] = []
+
+        def training_step(self, batch, batch_idx):
+            self.batches.append((self.current_epoch, batch[0].flatten().long().tolist()))
+            return self.layer(batch[0]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    labels = labels_with_sizes([4] * 6)
+    sampler = ClassBalancedBatchSampler(labels, 2, 2, seed=3)
+    dataset = TensorDataset(torch.arange(len(labels), dtype=torch.float32).unsqueeze(1))
+    model = Recorder()
+    trainer = L.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, DataLoader(dataset, batch_sampler=sampler))
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        assert [batch for e, batch in model.batches if e == epoch] == list(sampler)
+
+
+def test_error_names_small_classes_and_their_counts():
+    labels = torch.tensor([0] * 4 + [1] * 2 + [2] * 5 + [3])
+    with pytest.raises(DataError, match=r"1 \(2 images\), 3 \(1 images\); lower samples_per_class"):
+        ClassBalancedBatchSampler(labels, classes_per_batch=2, samples_per_class=3)
+
+
+def test_error_when_fewer_classes_than_classes_per_batch():
+    with pytest.raises(DataError, match="only 3 classes; lower classes_per_batch to at most 3"):
+        ClassBalancedBatchSampler(torch.arange(3).repeat(4), classes_per_batch=4, samples_per_class=2)
+
+
+def test_error_on_rank_outside_world():
+    sampler = ClassBalancedBatchSampler(torch.arange(4).repeat(2), 2, 2, num_replicas=2, rank=2)
+    with pytest.raises(DataError, match="outside num_replicas=2"):
+        len(sampler)
