@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_dml.callbacks import RetrievalEvaluation
@@ -40,7 +41,7 @@ class DMLCLI(LightningCLI):
             auto_configure_optimizers=False,
             parser_kwargs={"parser_mode": "omegaconf"},
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [RichProgressBar()]},
+            trainer_defaults=TRAINER_DEFAULTS,
             **kwargs,
         )
 
@@ -54,6 +55,16 @@ class DMLCLI(LightningCLI):
         parser.add_argument(
             "--test_after_fit", type=bool, default=True, help="Run test on the best checkpoint."
         )
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """Build the trainer, with a rich progress bar unless the config disables or chooses one."""
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = list(config.get("callbacks") or [])
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            kwargs.setdefault("callbacks", [*callbacks, RichProgressBar()])
+        return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
         """Test the best checkpoint (or the final weights when none was saved)."""

@@ -114,7 +114,9 @@ class RetrievalEvaluation(L.Callback):
         loaders = trainer.val_dataloaders if stage == "validate" else trainer.test_dataloaders
         loaders = loaders if isinstance(loaders, Sequence) else [loaders]
         limited = trainer.num_val_batches if stage == "validate" else trainer.num_test_batches
-        for idx, (name, loader) in enumerate(zip(set_names(trainer, stage, len(loaders)), loaders)):
+        for idx, (name, loader) in enumerate(
+            zip(set_names(trainer, stage, len(loaders)), loaders, strict=True)
+        ):
             outputs = unique_by_index(gather(self._outputs.pop(idx)))
             if len(outputs["indices"]) != len(loader.dataset):
                 message = (

@@ -14,7 +14,7 @@ from lightning_dml.errors import DataError
 
 
 class ImageSource:
-    """A fixed list of images with integer class ids; ``load(i)`` returns image ``i`` undecoded by transforms."""
+    """A fixed list of images with integer class ids; ``load(i)`` returns image ``i`` untransformed."""
 
     labels: torch.Tensor
 
@@ -57,7 +57,7 @@ class ImageFiles(ImageSource):
             raise DataError(f"{len(self.paths)} image paths but {len(self.labels)} labels")
 
     def load(self, i: int) -> Image.Image:
-        """Return image ``i`` decoded as a PIL image; a missing or corrupt file raises a DataError naming it."""
+        """Return image ``i`` as a PIL image; a missing or corrupt file raises a DataError naming it."""
         path = self.paths[i]
         try:
             with Image.open(path) as image:

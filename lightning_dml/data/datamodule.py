@@ -25,7 +25,8 @@ class RetrievalDataModule(L.LightningDataModule):
     """Base data module for retrieval: a subclass says what the data is, this class how it is used.
 
     Subclasses implement :meth:`build`, returning the training pool and the test set (no transforms), and may
-    override :meth:`default_transforms` and the class attributes ``num_channels`` and ``image_size``.
+    override :meth:`train_augmentation` or :meth:`default_transforms` and the class attributes
+    ``num_channels``, ``image_size``, ``mean`` and ``std``.
 
     Args:
         classes_per_batch: P, distinct classes in each training batch.
@@ -47,6 +48,8 @@ class RetrievalDataModule(L.LightningDataModule):
 
     num_channels: int = 3
     image_size: int = 224
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
 
     def __init__(
         self,
@@ -84,9 +87,21 @@ class RetrievalDataModule(L.LightningDataModule):
         """Return the training pool and the test set for ``self.protocol``, without transforms."""
         raise NotImplementedError
 
+    def train_augmentation(self) -> list[Callable]:
+        """Return the dataset's training augmentations, applied before conversion to float."""
+        return []
+
     def default_transforms(self, train: bool) -> Callable:
-        """Return the dataset's default transform: to float in [0, 1], then normalised to zero mean."""
-        return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5], [0.5])])
+        """Return conversion to float and normalisation by ``mean``/``std``, augmenting first if ``train``."""
+        augmentation = self.train_augmentation() if train else []
+        return v2.Compose(
+            [
+                v2.ToImage(),
+                *augmentation,
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(self.mean, self.std),
+            ]
+        )
 
     @property
     def num_train_classes(self) -> int:
@@ -123,7 +138,7 @@ class RetrievalDataModule(L.LightningDataModule):
             name: self.test_set
             if choice == "test"
             else pool.select(held_out[choice].nonzero().flatten(), eval_t)
-            for name, choice in zip(names, self.validation)
+            for name, choice in zip(names, self.validation, strict=True)
         }
         if self.protocol == "zero_shot":
             check_disjoint_classes(self.train_set.class_ids, self.test_set.class_ids, "test")

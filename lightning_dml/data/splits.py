@@ -19,9 +19,9 @@ def first_half_of_classes(labels: torch.Tensor) -> torch.Tensor:
 
 
 def hold_out_classes(labels: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
-    """Pick classes to hold out at random: a fraction of them if ``amount < 1``, else that many."""
+    """Pick classes to hold out at random: a fraction (at least 2) if ``amount < 1``, else that many."""
     classes = torch.unique(labels)
-    count = round(amount * len(classes)) if amount < 1 else int(amount)
+    count = max(round(amount * len(classes)), 2) if amount < 1 else int(amount)
     if not 2 <= count < len(classes):
         raise DataError(
             f"holding out {amount} of {len(classes)} training classes leaves {count} for validation and "

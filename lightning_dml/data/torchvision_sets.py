@@ -90,18 +90,6 @@ class TorchvisionDataModule(RetrievalDataModule):
         """Return the random transforms applied to training images (uint8 tensors) before normalisation."""
         raise NotImplementedError
 
-    def default_transforms(self, train: bool) -> Callable:
-        """Return conversion to float and the dataset's usual normalisation, augmenting first if ``train``."""
-        augmentation = self.train_augmentation() if train else []
-        return v2.Compose(
-            [
-                v2.ToImage(),
-                *augmentation,
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(self.mean, self.std),
-            ]
-        )
-
 
 class MNIST(TorchvisionDataModule):
     """MNIST handwritten digits: 70,000 greyscale 28×28 images, 10 classes (zero-shot: 0–4 vs 5–9)."""

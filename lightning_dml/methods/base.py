@@ -55,9 +55,9 @@ class RetrievalModule(L.LightningModule):
         loss = self.training_loss(batch)
         if not torch.isfinite(loss):
             raise TrainingError(
-                f"the training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
-                "no update was made from it and the last checkpoint is intact: lower the learning rate or check "
-                "the data, then resume with --ckpt_path last"
+                f"the training loss became {loss.item()} at step {self.global_step} "
+                f"(epoch {self.current_epoch}); no update was made from it and the last checkpoint is "
+                "intact: lower the learning rate or check the data, then resume with --ckpt_path last"
             )
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["label"]))
         return loss
@@ -82,6 +82,13 @@ class RetrievalModule(L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Same as :meth:`validation_step`: embeddings with their labels and indices."""
         return self.validation_step(batch, batch_idx, dataloader_idx)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep modules passed from Python out of the saved hyper-parameters, so that every checkpoint loads
+        with ``weights_only=True`` (CLI runs store their configuration there instead)."""
+        hparams = checkpoint.get("hyper_parameters", {})
+        for key in [key for key, value in hparams.items() if isinstance(value, torch.nn.Module)]:
+            del hparams[key]
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Return the optimizer's parameter groups (one group of everything by default)."""

@@ -17,13 +17,14 @@ class MetricLearning(RetrievalModule):
     Args:
         backbone: feature extractor with an ``out_features`` attribute (``lightning_dml.models``).
         loss: a loss with pytorch-metric-learning's calling convention, e.g.
-            ``pytorch_metric_learning.losses.MultiSimilarityLoss`` or ``lightning_dml.losses.BinomialDevianceLoss``.
+            ``pytorch_metric_learning.losses.MultiSimilarityLoss`` or
+            ``lightning_dml.losses.BinomialDevianceLoss``.
             Its own parameters (proxies, a learnable margin) are trained with the rest.
         miner: optional pytorch-metric-learning miner whose tuples are handed to the loss.
         embedding_size: output dimension.
         hidden_size: set it for an MLP head instead of a linear one.
         normalize: L2-normalise the embeddings.
-        backbone_lr: learning rate of the backbone (``None``: the optimizer's), e.g. lower for pretrained ones.
+        backbone_lr: learning rate of the backbone (``None``: the optimizer's); lower for pretrained ones.
         loss_lr: learning rate of the loss's parameters (``None``: the optimizer's); proxies often want more.
         **kwargs: optimizer and scheduler options of :class:`RetrievalModule`.
     """

@@ -30,13 +30,44 @@ def _download_error(library: str, name: str, err: Exception, fix: str) -> Config
     )
 
 
+def _load_timm_checkpoint(model: nn.Module, checkpoint_path: str, name: str, in_channels: int) -> None:
+    """Load a timm-format state dict into ``model``: classifier weights are ignored, the first conv is
+    adapted to ``in_channels``, and every learnable weight of the model must be in the file.
+
+    Hand-written rather than timm's ``pretrained_cfg_overlay=dict(file=...)``: with ``num_classes=0`` timm
+    loads non-strictly and only logs missing keys, so a checkpoint of another architecture would leave the
+    model silently at random initialisation.
+    """
+    mismatch = f"checkpoint_path {checkpoint_path} does not fit timm model {name!r}"
+    fix = f"give a state_dict saved from timm.create_model({name!r})"
+    state = timm.models.load_state_dict(checkpoint_path)  # unwraps EMA / "state_dict" nesting, weights_only
+    first_convs = model.pretrained_cfg.get("first_conv") or ()
+    for conv in [first_convs] if isinstance(first_convs, str) else first_convs:
+        weight = state.get(f"{conv}.weight")
+        if weight is not None and weight.shape[1] != in_channels:
+            state[f"{conv}.weight"] = timm.models.adapt_input_conv(
+                in_channels, weight, base_chans=weight.shape[1]
+            )
+    try:
+        missing = set(model.load_state_dict(state, strict=False).missing_keys)
+    except RuntimeError as err:  # shape mismatch; its second line names the first offending weight
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = lines[min(1, len(lines) - 1)]
+        raise ConfigError(f"{mismatch} ({detail}); {fix}.") from err
+    missing_weights = [key for key, _ in model.named_parameters() if key in missing]
+    if missing_weights:
+        raise ConfigError(
+            f"{mismatch} ({len(missing_weights)} weights missing, e.g. {missing_weights[0]}); {fix}."
+        )
+
+
 class TimmBackbone(nn.Module):
     """A timm model without its classifier: images -> globally pooled features (B, ``out_features``).
 
     ``pretrained_cfg`` is timm's dict for the model (``mean``, ``std``, ``input_size``, ...), used for input
-    normalisation. ``checkpoint_path`` loads local weights (timm's ``pretrained_cfg_overlay=dict(file=...)``)
-    instead of downloading them, and implies ``pretrained``. ``model_kwargs`` go to ``timm.create_model``
-    (for example ``drop_path_rate`` or ``img_size``).
+    normalisation. ``checkpoint_path`` loads local timm-format weights (``.safetensors`` or ``.pth``, as on
+    the Hugging Face hub) instead of downloading them, whatever ``pretrained`` says. ``model_kwargs`` go to
+    ``timm.create_model`` (for example ``drop_path_rate`` or ``img_size``).
     """
 
     def __init__(
@@ -50,29 +81,18 @@ class TimmBackbone(nn.Module):
         super().__init__()
         if not timm.is_model(name):
             raise ConfigError(f"Unknown timm model {name!r}; pick a name listed by timm.list_models().")
-        kwargs = dict(model_kwargs or {})
-        if checkpoint_path is not None:
-            if not Path(checkpoint_path).is_file():
-                raise ConfigError(f"checkpoint_path {checkpoint_path} is not a file; give an existing file.")
-            kwargs["pretrained_cfg_overlay"] = {"file": str(checkpoint_path)}
+        if checkpoint_path is not None and not Path(checkpoint_path).is_file():
+            raise ConfigError(f"checkpoint_path {checkpoint_path} is not a file; give an existing file.")
+        download = pretrained and checkpoint_path is None
         try:
             self.model = timm.create_model(
-                name,
-                pretrained=pretrained or checkpoint_path is not None,
-                num_classes=0,
-                in_chans=in_channels,
-                **kwargs,
+                name, pretrained=download, num_classes=0, in_chans=in_channels, **(model_kwargs or {})
             )
         except OSError as err:
             fix = f"{_OFFLINE_FIX}, or give checkpoint_path: /path/to/{name}.safetensors"
             raise _download_error("timm", name, err, fix) from err
-        except RuntimeError as err:
-            if checkpoint_path is None:
-                raise
-            raise ConfigError(
-                f"checkpoint_path {checkpoint_path} does not fit timm model {name!r} "
-                f"({str(err).splitlines()[0]}); give weights of that architecture."
-            ) from err
+        if checkpoint_path is not None:
+            _load_timm_checkpoint(self.model, checkpoint_path, name, in_channels)
         self.out_features: int = self.model.num_features
         self.pretrained_cfg: dict[str, Any] = dict(self.model.pretrained_cfg)
 

@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentError, ArgumentParser
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from lightning_dml.errors import ConfigError
@@ -43,25 +43,50 @@ def test_timm_backbone_gives_pooled_features(name: str, in_channels: int) -> Non
     assert backbone.pretrained_cfg["input_size"][0] == 3
 
 
-def test_timm_backbone_loads_checkpoint_path_and_matches_timm_pre_logits(tmp_path) -> None:
-    reference = timm.create_model("test_resnet").eval()  # with its classifier, as a saved checkpoint has
+@pytest.fixture
+def test_resnet_checkpoint(tmp_path) -> tuple[torch.nn.Module, str]:
+    """A random timm test_resnet (eval mode, with its classifier) and the file its state dict is saved in."""
+    model = timm.create_model("test_resnet").eval()
     checkpoint = tmp_path / "test_resnet.pth"
-    torch.save(reference.state_dict(), checkpoint)
+    torch.save(model.state_dict(), checkpoint)
+    return model, str(checkpoint)
 
-    backbone = TimmBackbone("test_resnet", checkpoint_path=str(checkpoint)).eval()
+
+def test_timm_backbone_loads_checkpoint_path_and_matches_timm_pre_logits(test_resnet_checkpoint) -> None:
+    reference, checkpoint = test_resnet_checkpoint
+    backbone = TimmBackbone("test_resnet", checkpoint_path=checkpoint).eval()
 
     images = torch.randn(2, 3, 64, 64)
     expected = reference.forward_head(reference.forward_features(images), pre_logits=True)
     torch.testing.assert_close(backbone(images), expected)
 
 
-def test_timm_backbone_bad_checkpoints_are_one_line_config_errors(tmp_path) -> None:
+def test_timm_checkpoint_first_conv_adapted_to_gray_input(test_resnet_checkpoint) -> None:
+    reference, checkpoint = test_resnet_checkpoint
+    backbone = TimmBackbone("test_resnet", in_channels=1, checkpoint_path=checkpoint).eval()
+
+    gray = torch.rand(2, 1, 64, 64)
+    expected = reference.forward_head(reference.forward_features(gray.expand(-1, 3, -1, -1)), pre_logits=True)
+    torch.testing.assert_close(backbone(gray), expected)
+
+
+def test_timm_bad_checkpoints_are_one_line_config_errors(tmp_path, test_resnet_checkpoint) -> None:
+    reference, _ = test_resnet_checkpoint
     with pytest.raises(ConfigError, match="is not a file"):
         TimmBackbone("test_resnet", checkpoint_path=str(tmp_path / "missing.pth"))
+
     other_architecture = tmp_path / "test_vit.pth"
     torch.save(timm.create_model("test_vit").state_dict(), other_architecture)
-    with pytest.raises(ConfigError, match="does not fit timm model 'test_resnet'") as error:
+    with pytest.raises(
+        ConfigError, match=r"does not fit timm model 'test_resnet' \(\d+ weights missing"
+    ) as error:
         TimmBackbone("test_resnet", checkpoint_path=str(other_architecture))
+    assert "\n" not in str(error.value)
+
+    wrong_shape = tmp_path / "wrong_shape.pth"
+    torch.save({**reference.state_dict(), "conv1.0.weight": torch.zeros(1, 3, 3, 3)}, wrong_shape)
+    with pytest.raises(ConfigError, match=r"size mismatch for conv1\.0\.weight") as error:
+        TimmBackbone("test_resnet", checkpoint_path=str(wrong_shape))
     assert "\n" not in str(error.value)
 
 
@@ -183,7 +208,13 @@ def test_small_cnn_widths_and_channels() -> None:
             },
             1,
         ),
-        ({"class_path": "lightning_dml.models.TimmBackbone", "init_args": {"name": "test_resnet"}}, 3),
+        (
+            {
+                "class_path": "lightning_dml.models.TimmBackbone",
+                "init_args": {"name": "test_resnet", "model_kwargs": {"drop_path_rate": 0.1}},
+            },
+            3,
+        ),
         (
             {
                 "class_path": "lightning_dml.models.TorchvisionBackbone",
@@ -205,5 +236,5 @@ def test_class_path_arguments_are_type_checked() -> None:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--backbone", type=torch.nn.Module)
     bad = {"class_path": "lightning_dml.models.SmallCNN", "init_args": {"widths": "wide"}}
-    with pytest.raises(Exception, match="widths"):
+    with pytest.raises(ArgumentError, match="widths"):
         parser.parse_object({"backbone": bad})
