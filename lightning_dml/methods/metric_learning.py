@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pytorch_metric_learning.utils.distributed import (
+    DistributedLossWrapper,
+    DistributedMinerWrapper,
+    is_distributed,
+)
 from torch import nn
 
 from lightning_dml.methods.base import RetrievalModule
@@ -26,6 +31,11 @@ class MetricLearning(RetrievalModule):
         normalize: L2-normalise the embeddings.
         backbone_lr: learning rate of the backbone (``None``: the optimizer's); lower for pretrained ones.
         loss_lr: learning rate of the loss's parameters (``None``: the optimizer's); proxies often want more.
+        gather_across_ranks: under DDP, compute the miner and loss on the embeddings of every rank's batch
+            (pytorch-metric-learning's distributed wrappers), so W processes × batch B see the pairs of one
+            batch of W·B. Only the local embeddings carry gradient; the loss is scaled by W so that DDP's
+            gradient average equals the gradient of the single-process W·B batch. Needs PML-style losses
+            and miners. ``False``: each rank's loss sees its own batch only.
         **kwargs: optimizer and scheduler options of :class:`RetrievalModule`.
     """
 
@@ -39,6 +49,7 @@ class MetricLearning(RetrievalModule):
         normalize: bool = True,
         backbone_lr: float | None = None,
         loss_lr: float | None = None,
+        gather_across_ranks: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -49,6 +60,7 @@ class MetricLearning(RetrievalModule):
         self.miner = miner
         self.backbone_lr = backbone_lr
         self.loss_lr = loss_lr
+        self.gather_across_ranks = gather_across_ranks
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Return ``head(backbone(images))``."""
@@ -57,8 +69,13 @@ class MetricLearning(RetrievalModule):
     def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Apply the miner (if any) and the loss to the batch's embeddings."""
         embeddings, labels = self.embed(batch["image"]), batch["label"]
-        tuples = self.miner(embeddings, labels) if self.miner is not None else None
-        return self.loss(embeddings, labels, tuples)
+        loss, miner = self.loss, self.miner
+        if self.gather_across_ranks and is_distributed():
+            # Wrapped per call rather than stored, so parameter names match single-process checkpoints.
+            loss = DistributedLossWrapper(loss)
+            miner = DistributedMinerWrapper(miner) if miner is not None else None
+        tuples = miner(embeddings, labels) if miner is not None else None
+        return loss(embeddings, labels, tuples)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Backbone, head and loss parameters, with their own learning rates where configured."""

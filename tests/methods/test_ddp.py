@@ -1,0 +1,27 @@
+"""Under DDP (2 CPU processes, gloo), training with gathered embeddings equals one process with the whole batch."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+SCRIPT = Path(__file__).with_name("ddp_equivalence.py")
+
+
+def train(out: Path, world_size: int, batch_size: int, steps: int = 4) -> dict[str, torch.Tensor]:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out), str(world_size), str(batch_size), str(steps)],
+        capture_output=True, text=True, timeout=300, cwd=SCRIPT.parents[2],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(out, weights_only=True)
+
+
+def test_two_processes_of_batch_b_train_like_one_process_of_batch_2b(tmp_path):
+    single = train(tmp_path / "single.pt", world_size=1, batch_size=16)
+    distributed = train(tmp_path / "ddp.pt", world_size=2, batch_size=8)
+    one_step = train(tmp_path / "one_step.pt", world_size=1, batch_size=16, steps=1)
+    assert not torch.allclose(single["head.layers.0.weight"], one_step["head.layers.0.weight"])  # it trains
+    for name, value in single.items():
+        torch.testing.assert_close(distributed[name], value, rtol=1e-9, atol=1e-12, msg=name)
