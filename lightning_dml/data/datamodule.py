@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.transforms import v2
 
-from lightning_dml.data.base import RetrievalDataset
+from lightning_dml.data.base import ImageSource, RetrievalDataset
 from lightning_dml.data.sampler import ClassBalancedBatchSampler
 from lightning_dml.data.splits import check_disjoint_classes, hold_out_classes, hold_out_images
 from lightning_dml.errors import DataError
@@ -86,6 +86,25 @@ class RetrievalDataModule(L.LightningDataModule):
     def build(self) -> tuple[RetrievalDataset, RetrievalDataset]:
         """Return the training pool and the test set for ``self.protocol``, without transforms."""
         raise NotImplementedError
+
+    def split_pool(
+        self, source: ImageSource, train_classes: Sequence[int], test_fraction: float
+    ) -> tuple[RetrievalDataset, RetrievalDataset]:
+        """Split one pool of images into training pool and test set by ``self.protocol``.
+
+        Zero-shot: the images of ``train_classes`` versus the rest. Closed set: ``test_fraction`` of each
+        class's images (seeded) versus the rest.
+        """
+        if self.protocol == "zero_shot":
+            is_train = torch.isin(source.labels, torch.as_tensor(list(train_classes), dtype=torch.long))
+        else:
+            generator = torch.Generator().manual_seed(self.seed)
+            is_train = torch.ones(len(source), dtype=torch.bool)
+            is_train[hold_out_images(source.labels, test_fraction, 1, generator)] = False
+        everything = RetrievalDataset(source)
+        return everything.select(is_train.nonzero().flatten()), everything.select(
+            (~is_train).nonzero().flatten()
+        )
 
     def train_augmentation(self) -> list[Callable]:
         """Return the dataset's training augmentations, applied before conversion to float."""

@@ -11,7 +11,6 @@ from torchvision.transforms import v2
 
 from lightning_dml.data.base import RetrievalDataset, TensorImages
 from lightning_dml.data.datamodule import RetrievalDataModule
-from lightning_dml.data.splits import hold_out_images
 
 
 class Digits(RetrievalDataModule):
@@ -41,14 +40,4 @@ class Digits(RetrievalDataModule):
         """Load the digits (grey levels 0–16 scaled to 0–255) and split them by the protocol."""
         pixels, labels = load_digits(return_X_y=True)
         images = torch.as_tensor(pixels * 255 / 16).round().to(torch.uint8).reshape(-1, 1, 8, 8)
-        source = TensorImages(images, labels)
-        if self.protocol == "zero_shot":
-            is_train = torch.isin(source.labels, torch.as_tensor(self.train_classes))
-        else:
-            generator = torch.Generator().manual_seed(self.seed)
-            is_train = torch.ones(len(source), dtype=torch.bool)
-            is_train[hold_out_images(source.labels, self.test_fraction, 1, generator)] = False
-        everything = RetrievalDataset(source)
-        return everything.select(is_train.nonzero().flatten()), everything.select(
-            (~is_train).nonzero().flatten()
-        )
+        return self.split_pool(TensorImages(images, labels), self.train_classes, self.test_fraction)

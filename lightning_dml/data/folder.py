@@ -11,7 +11,6 @@ from torchvision.transforms import v2
 
 from lightning_dml.data.base import ImageFiles, RetrievalDataset
 from lightning_dml.data.datamodule import RetrievalDataModule
-from lightning_dml.data.splits import hold_out_images
 from lightning_dml.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -99,17 +98,8 @@ class ImageFolder(RetrievalDataModule):
     def build(self) -> tuple[RetrievalDataset, RetrievalDataset]:
         """Scan the class folders and split the images by the protocol."""
         names, paths, labels = scan_class_folders(Path(self.root), self.extensions)
-        source = ImageFiles(paths, labels)
-        if self.protocol == "zero_shot":
-            is_train = torch.isin(source.labels, torch.as_tensor(self.train_class_ids(names)))
-        else:
-            generator = torch.Generator().manual_seed(self.seed)
-            is_train = torch.ones(len(source), dtype=torch.bool)
-            is_train[hold_out_images(source.labels, self.test_fraction, 1, generator)] = False
-        everything = RetrievalDataset(source)
-        return everything.select(is_train.nonzero().flatten()), everything.select(
-            (~is_train).nonzero().flatten()
-        )
+        train_classes = self.train_class_ids(names) if self.protocol == "zero_shot" else []
+        return self.split_pool(ImageFiles(paths, labels), train_classes, self.test_fraction)
 
     def train_class_ids(self, names: list[str]) -> list[int]:
         """Return the zero-shot training class ids; unknown names or an empty side raise a DataError."""

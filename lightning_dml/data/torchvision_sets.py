@@ -133,15 +133,9 @@ class CIFAR10(TorchvisionDataModule):
         return [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
 
 
-class CIFAR100(TorchvisionDataModule):
+class CIFAR100(CIFAR10):
     """CIFAR-100: 60,000 colour 32×32 images, 100 classes (zero-shot: 0–49 vs 50–99)."""
 
     dataset_class = datasets.CIFAR100
-    num_channels = 3
-    image_size = 32
     mean = (0.5071, 0.4865, 0.4409)
     std = (0.2673, 0.2564, 0.2762)
-
-    def train_augmentation(self) -> list[Callable]:
-        """The usual CIFAR augmentation: random crop with padding 4 and horizontal flip."""
-        return [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]

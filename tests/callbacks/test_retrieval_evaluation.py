@@ -44,9 +44,12 @@ class QueryGallery(RetrievalDataModule):
 
 def trainer(**kwargs) -> L.Trainer:
     return L.Trainer(
-        callbacks=[RetrievalEvaluation(recall_at=[1, 4])], logger=False, enable_progress_bar=False,
-        enable_model_summary=False, **kwargs,
-    )  # fmt: skip
+        callbacks=[RetrievalEvaluation(recall_at=[1, 4])],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
 
 
 def test_unique_by_index_drops_padded_repeats_and_sorts():
@@ -62,10 +65,17 @@ def test_query_vs_gallery_metrics_equal_the_metric_core():
     is_query = torch.arange(len(labels)) % 2 == 0
     ids = torch.arange(len(labels))
     expected = retrieval_metrics(
-        embeddings[is_query], labels[is_query], embeddings, labels, query_ids=ids[is_query], gallery_ids=ids,
+        embeddings[is_query],
+        labels[is_query],
+        embeddings,
+        labels,
+        query_ids=ids[is_query],
+        gallery_ids=ids,
         recall_at=[1, 4],
-    ) | clustering_metrics(embeddings, labels)  # fmt: skip
-    (logged,) = trainer().test(Flatten(), datamodule=QueryGallery(validation=[], protocol="closed_set"), verbose=False)
+    ) | clustering_metrics(embeddings, labels)
+    (logged,) = trainer().test(
+        Flatten(), datamodule=QueryGallery(validation=[], protocol="closed_set"), verbose=False
+    )
     assert logged == pytest.approx({f"test/{key}": value for key, value in expected.items()}, abs=1e-6)
 
 

@@ -10,6 +10,7 @@ import torch
 from lightning_dml.cli import DMLCLI, main
 from tests.conftest import REPO
 
+QUICKSTART = REPO / "configs/quickstart.yaml"
 LOSS_CONFIGS = sorted((REPO / "configs/losses").glob("*.yaml"))
 
 
@@ -28,12 +29,22 @@ def test_fit_then_test_from_best_checkpoint_through_the_console_script(quick_arg
     best = next(p for p in checkpoints if p.name != "last.ckpt")
     test = run(sys.executable, "-m", "lightning_dml", "test", *quick_args, "--ckpt_path", str(best))
     assert test.returncode == 0, test.stderr[-3000:]
-    metrics = {line.split("│")[1].strip(): float(line.split("│")[2]) for line in test.stdout.splitlines()
-               if line.count("│") == 3 and "test/" in line}  # fmt: skip
+    metrics = {
+        line.split("│")[1].strip(): float(line.split("│")[2])
+        for line in test.stdout.splitlines()
+        if line.count("│") == 3 and "test/" in line
+    }
     assert set(metrics) == {
-        "test/recall@1", "test/recall@2", "test/recall@4", "test/recall@8", "test/precision@1",
-        "test/r_precision", "test/map@r", "test/nmi", "test/f1",
-    }  # fmt: skip
+        "test/recall@1",
+        "test/recall@2",
+        "test/recall@4",
+        "test/recall@8",
+        "test/precision@1",
+        "test/r_precision",
+        "test/map@r",
+        "test/nmi",
+        "test/f1",
+    }
     assert all(0 <= value <= 1 for value in metrics.values())
 
 
@@ -41,23 +52,53 @@ def test_resume_from_last_checkpoint_continues_the_epoch_count(quick_args, tmp_p
     DMLCLI(args=["fit", *quick_args, "--test_after_fit", "false"])
     last = next((tmp_path / "runs/quickstart").glob("version_0/checkpoints/last.ckpt"))
     assert torch.load(last, weights_only=True)["epoch"] == 0
-    cli = DMLCLI(args=["fit", *quick_args, "--trainer.max_epochs", "2", "--ckpt_path", str(last),
-                       "--test_after_fit", "false"])  # fmt: skip
+    cli = DMLCLI(
+        args=[
+            "fit",
+            *quick_args,
+            "--trainer.max_epochs",
+            "2",
+            "--ckpt_path",
+            str(last),
+            "--test_after_fit",
+            "false",
+        ]
+    )
     assert cli.trainer.current_epoch == 2
     assert cli.trainer.global_step == 2 * torch.load(last, weights_only=True)["global_step"]
 
 
 @pytest.mark.parametrize("loss_config", LOSS_CONFIGS, ids=lambda p: p.stem)
 def test_each_loss_config_stacks_on_the_quickstart_and_trains(quick_args, loss_config):
-    cli = DMLCLI(args=["fit", *quick_args, "--config", str(loss_config), "--trainer.limit_train_batches", "2",
-                       "--test_after_fit", "false"])  # fmt: skip
+    cli = DMLCLI(
+        args=[
+            "fit",
+            *quick_args,
+            "--config",
+            str(loss_config),
+            "--trainer.limit_train_batches",
+            "2",
+            "--test_after_fit",
+            "false",
+        ]
+    )
     assert type(cli.model.loss).__name__ in loss_config.read_text()
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
 
 
 def test_loss_parameters_get_their_own_learning_rate(quick_args):
-    cli = DMLCLI(args=["fit", *quick_args, "--config", str(REPO / "configs/losses/margin.yaml"),
-                       "--trainer.limit_train_batches", "2", "--test_after_fit", "false"])  # fmt: skip
+    cli = DMLCLI(
+        args=[
+            "fit",
+            *quick_args,
+            "--config",
+            str(REPO / "configs/losses/margin.yaml"),
+            "--trainer.limit_train_batches",
+            "2",
+            "--test_after_fit",
+            "false",
+        ]
+    )
     beta = cli.model.loss.beta
     groups = cli.trainer.optimizers[0].param_groups
     assert [g["lr"] for g in groups if any(p is beta for p in g["params"])] == [0.0005]
@@ -65,26 +106,50 @@ def test_loss_parameters_get_their_own_learning_rate(quick_args):
 
 def test_print_config_shows_the_resolved_omegaconf_interpolation(tmp_path, capsys):
     config = tmp_path / "interpolated.yaml"
-    config.write_text("model:\n  init_args:\n    embedding_size: 32\n    hidden_size: ${model.init_args.embedding_size}\n")
+    config.write_text(
+        "model:\n  init_args:\n    embedding_size: 32\n    hidden_size: ${model.init_args.embedding_size}\n"
+    )
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(REPO / "configs/quickstart.yaml"), "--config", str(config), "--print_config"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(REPO / "configs/quickstart.yaml"),
+                "--config",
+                str(config),
+                "--print_config",
+            ]
+        )
     assert exit_info.value.code == 0
     assert "hidden_size: 32" in capsys.readouterr().out
 
 
 def test_unknown_config_key_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(REPO / "configs/quickstart.yaml"), "--model.init_args.embeding_size", "8"])
+        main(
+            ["fit", "--config", str(REPO / "configs/quickstart.yaml"), "--model.init_args.embeding_size", "8"]
+        )
     assert exit_info.value.code != 0
     assert "embeding_size" in capsys.readouterr().err
 
 
 def test_missing_dataset_is_one_line_naming_the_fix(tmp_path: Path):
-    result = run("lightning-dml", "validate", "--model", "lightning_dml.methods.MetricLearning",
-                 "--model.backbone", "lightning_dml.models.SmallCNN",
-                 "--model.loss", "pytorch_metric_learning.losses.ContrastiveLoss",
-                 "--data", "lightning_dml.data.FashionMNIST", "--data.root", str(tmp_path / "nowhere"),
-                 "--trainer.logger", "false")  # fmt: skip
+    result = run(
+        "lightning-dml",
+        "validate",
+        "--model",
+        "lightning_dml.methods.MetricLearning",
+        "--model.backbone",
+        "lightning_dml.models.SmallCNN",
+        "--model.loss",
+        "pytorch_metric_learning.losses.ContrastiveLoss",
+        "--data",
+        "lightning_dml.data.FashionMNIST",
+        "--data.root",
+        str(tmp_path / "nowhere"),
+        "--trainer.logger",
+        "false",
+    )
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "download: true" in last and "nowhere" in last

@@ -1,4 +1,4 @@
-"""Under DDP (2 CPU processes, gloo), training with gathered embeddings equals one process with the whole batch."""
+"""Under DDP (2 CPU processes, gloo), gathered embeddings train like one process with the whole batch."""
 
 import subprocess
 import sys
@@ -12,8 +12,11 @@ SCRIPT = Path(__file__).with_name("ddp_equivalence.py")
 def train(out: Path, world_size: int, batch_size: int, steps: int = 4) -> dict[str, torch.Tensor]:
     result = subprocess.run(
         [sys.executable, str(SCRIPT), str(out), str(world_size), str(batch_size), str(steps)],
-        capture_output=True, text=True, timeout=300, cwd=SCRIPT.parents[2],
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=SCRIPT.parents[2],
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out, weights_only=True)
 

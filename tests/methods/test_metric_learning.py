@@ -28,7 +28,9 @@ def test_training_lowers_the_loss_on_digits():
     data.setup()
     batch = next(iter(data.train_dataloader()))
     before = model.training_loss(batch).item()
-    L.Trainer(max_epochs=5, logger=False, enable_progress_bar=False, enable_checkpointing=False).fit(model, data)
+    L.Trainer(max_epochs=5, logger=False, enable_progress_bar=False, enable_checkpointing=False).fit(
+        model, data
+    )
     model.train()
     assert model.training_loss(batch).item() < 0.7 * before
 
@@ -50,8 +52,10 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     model = MetricLearning(SmallCNN(widths=[8]), FailsAtStep(3), embedding_size=4)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
     trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, callbacks=[checkpoint])
-    with pytest.raises(TrainingError, match="at step 3 .*--ckpt_path last"):
+    with pytest.raises(TrainingError, match=r"at step 3 .*--ckpt_path last"):
         trainer.fit(model, Digits(validation=[], classes_per_batch=2, samples_per_class=4))
     last = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert last["global_step"] == 3
-    assert all(torch.isfinite(value).all() for value in last["state_dict"].values() if value.is_floating_point())
+    assert all(
+        torch.isfinite(value).all() for value in last["state_dict"].values() if value.is_floating_point()
+    )
