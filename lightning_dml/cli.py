@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -55,6 +57,21 @@ class DMLCLI(LightningCLI):
         parser.add_argument(
             "--test_after_fit", type=bool, default=True, help="Run test on the best checkpoint."
         )
+
+    def before_instantiate_classes(self) -> None:
+        """Make ``fit --ckpt_path last`` resume the newest run of this logger in its own version folder."""
+        config = self.config.get(self.subcommand, self.config)
+        logger = config.trainer.get("logger")
+        if self.subcommand != "fit" or config.get("ckpt_path") != "last" or not isinstance(logger, Namespace):
+            return
+        args = logger.init_args
+        if "save_dir" not in args or args.get("version") is not None:
+            return
+        runs = sorted(Path(args.save_dir, args.get("name") or "").glob("version_*/checkpoints/last.ckpt"))
+        if runs:
+            newest = max(runs, key=lambda path: int(path.parts[-3].removeprefix("version_")))
+            args.version = int(newest.parts[-3].removeprefix("version_"))
+            config.ckpt_path = str(newest)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """Build the trainer, with a rich progress bar unless the config disables or chooses one."""

@@ -48,24 +48,15 @@ def test_fit_then_test_from_best_checkpoint_through_the_console_script(quick_arg
     assert all(0 <= value <= 1 for value in metrics.values())
 
 
-def test_resume_from_last_checkpoint_continues_the_epoch_count(quick_args, tmp_path):
+def test_ckpt_path_last_resumes_the_newest_run_in_its_own_folder(quick_args, tmp_path):
     DMLCLI(args=["fit", *quick_args, "--test_after_fit", "false"])
-    last = next((tmp_path / "runs/quickstart").glob("version_0/checkpoints/last.ckpt"))
-    assert torch.load(last, weights_only=True)["epoch"] == 0
-    cli = DMLCLI(
-        args=[
-            "fit",
-            *quick_args,
-            "--trainer.max_epochs",
-            "2",
-            "--ckpt_path",
-            str(last),
-            "--test_after_fit",
-            "false",
-        ]
-    )
-    assert cli.trainer.current_epoch == 2
-    assert cli.trainer.global_step == 2 * torch.load(last, weights_only=True)["global_step"]
+    last = tmp_path / "runs/quickstart/version_0/checkpoints/last.ckpt"
+    steps = torch.load(last, weights_only=True)["global_step"]
+    resume = ["--trainer.max_epochs", "2", "--ckpt_path", "last", "--test_after_fit", "false"]
+    cli = DMLCLI(args=["fit", *quick_args, *resume])
+    assert cli.trainer.current_epoch == 2 and cli.trainer.global_step == 2 * steps
+    assert cli.trainer.logger.log_dir == str(last.parents[1])  # logs continue in version_0
+    assert torch.load(last, weights_only=True)["global_step"] == 2 * steps
 
 
 @pytest.mark.parametrize("loss_config", LOSS_CONFIGS, ids=lambda p: p.stem)
@@ -154,3 +145,15 @@ def test_missing_dataset_is_one_line_naming_the_fix(tmp_path: Path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "download: true" in last and "nowhere" in last
     assert "Traceback" not in result.stderr
+
+
+def test_csv_and_offline_wandb_loggers_record_the_metrics(quick_args, tmp_path):
+    runs = str(tmp_path / "runs")
+    csv = ["--config", str(REPO / "configs/loggers/csv.yaml"), "--trainer.logger.init_args.save_dir", runs]
+    DMLCLI(args=["fit", *quick_args, *csv, "--test_after_fit", "false"])
+    (metrics,) = (tmp_path / "runs/lightning_dml").glob("version_0/metrics.csv")
+    assert "val_seen/map@r" in metrics.read_text().splitlines()[0]
+    wandb = ["--config", str(REPO / "configs/loggers/wandb.yaml"), "--trainer.logger.init_args.save_dir", runs]
+    DMLCLI(args=["fit", *quick_args, *wandb, "--test_after_fit", "false"]).trainer.logger.experiment.finish()
+    (records,) = (tmp_path / "runs/wandb").glob("offline-run-*/run-*.wandb")  # protobuf records
+    assert b"val_seen/map@r" in records.read_bytes()
