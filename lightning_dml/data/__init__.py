@@ -1,17 +1,25 @@
 """Data layer: image sources, retrieval views, the class-balanced sampler and one data module per dataset."""
 
 from lightning_dml.data.base import ImageFiles, ImageSource, RetrievalDataset, TensorImages
+from lightning_dml.data.benchmark import BenchmarkDataModule
+from lightning_dml.data.cars import Cars196
+from lightning_dml.data.cub import CUB200
 from lightning_dml.data.datamodule import RetrievalDataModule
 from lightning_dml.data.digits import Digits
 from lightning_dml.data.folder import ImageFolder
 from lightning_dml.data.image_csv import ImageCSV
+from lightning_dml.data.inshop import InShop
 from lightning_dml.data.sampler import ClassBalancedBatchSampler
+from lightning_dml.data.sop import StanfordOnlineProducts
 from lightning_dml.data.torchvision_sets import CIFAR10, CIFAR100, MNIST, FashionMNIST
 
 __all__ = [
     "CIFAR10",
     "CIFAR100",
+    "CUB200",
     "MNIST",
+    "BenchmarkDataModule",
+    "Cars196",
     "ClassBalancedBatchSampler",
     "Digits",
     "FashionMNIST",
@@ -19,7 +27,9 @@ __all__ = [
     "ImageFiles",
     "ImageFolder",
     "ImageSource",
+    "InShop",
     "RetrievalDataModule",
     "RetrievalDataset",
+    "StanfordOnlineProducts",
     "TensorImages",
 ]

@@ -149,11 +149,12 @@ def test_missing_dataset_is_one_line_naming_the_fix(tmp_path: Path):
 
 def test_csv_and_offline_wandb_loggers_record_the_metrics(quick_args, tmp_path):
     runs = str(tmp_path / "runs")
-    csv = ["--config", str(REPO / "configs/loggers/csv.yaml"), "--trainer.logger.init_args.save_dir", runs]
+    save_dir = ["--trainer.logger.init_args.save_dir", runs]
+    csv = ["--config", str(REPO / "configs/loggers/csv.yaml"), *save_dir]
     DMLCLI(args=["fit", *quick_args, *csv, "--test_after_fit", "false"])
     (metrics,) = (tmp_path / "runs/lightning_dml").glob("version_0/metrics.csv")
     assert "val_seen/map@r" in metrics.read_text().splitlines()[0]
-    wandb = ["--config", str(REPO / "configs/loggers/wandb.yaml"), "--trainer.logger.init_args.save_dir", runs]
+    wandb = ["--config", str(REPO / "configs/loggers/wandb.yaml"), *save_dir]
     DMLCLI(args=["fit", *quick_args, *wandb, "--test_after_fit", "false"]).trainer.logger.experiment.finish()
     (records,) = (tmp_path / "runs/wandb").glob("offline-run-*/run-*.wandb")  # protobuf records
     assert b"val_seen/map@r" in records.read_bytes()

@@ -1,0 +1,329 @@
+"""What the four zero-shot benchmarks share: annotation parsing, published counts, box crops, transforms."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import v2
+
+from lightning_dml.data.base import ImageFiles, RetrievalDataset
+from lightning_dml.data.datamodule import RetrievalDataModule
+from lightning_dml.data.folder import IMAGENET_MEAN, IMAGENET_STD
+from lightning_dml.errors import DataError
+
+Row = tuple[int, list[str]]
+
+
+def read_rows(path: Path, fields: int, skip: int = 0, layout: str = "") -> list[Row]:
+    """Return ``(line number, fields)`` of each non-empty whitespace-separated line after ``skip`` lines.
+
+    A missing file or a line without ``fields`` fields raises a DataError naming it.
+    """
+    if not path.is_file():
+        raise DataError(f"annotation file not found: {path}; expected {layout or 'the published layout'}")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = [(number, line.split()) for number, line in enumerate(lines, 1) if number > skip and line.strip()]
+    for number, values in rows:
+        if len(values) != fields:
+            raise DataError(
+                f"{path} line {number}: expected {fields} fields, found {len(values)}; fix the line"
+            )
+    if not rows:
+        raise DataError(f"{path} lists no images; restore the file from the dataset archive")
+    return rows
+
+
+def parse_int(path: Path, line: int, name: str, value: str) -> int:
+    """Return ``value`` as an integer; anything else raises a DataError naming the file and line."""
+    try:
+        return int(value)
+    except ValueError:
+        raise DataError(f"{path} line {line}: {name} {value!r} is not an integer; fix the line") from None
+
+
+def check_range(where: str, name: str, value: int, low: int, high: int) -> None:
+    """Raise a DataError naming ``where`` (file and line) when ``value`` lies outside ``low..high``."""
+    if not low <= value <= high:
+        raise DataError(
+            f"{where}: {name} {value} is outside {low}–{high}, the range of this file in the "
+            "published dataset; restore the original annotation file"
+        )
+
+
+def undecodable(paths: Sequence[str]) -> list[str]:
+    """Return the paths among ``paths`` that PIL cannot decode (truncated or corrupt files)."""
+
+    def broken(path: str) -> bool:
+        try:
+            with Image.open(path) as image:
+                image.draft("RGB", (64, 64))  # JPEGs decode at 1/8 scale: the whole file is read, quickly
+                image.load()
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+            return True
+        return False
+
+    unique = sorted(set(paths))
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+        return [path for path, bad in zip(unique, pool.map(broken, unique), strict=True) if bad]
+
+
+def benchmark_transforms(
+    train: bool,
+    image_size: int,
+    resize_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_scale: Sequence[float] = (0.08, 1.0),
+) -> Callable:
+    """Return the field's standard transforms, normalised by ``mean`` / ``std``.
+
+    Training: resize the shorter side to ``resize_size``, random resized crop to ``image_size`` (area
+    fraction in ``crop_scale``), horizontal flip. Evaluation: resize to ``resize_size``, centre crop.
+    """
+    crop = (
+        [v2.RandomResizedCrop(image_size, scale=tuple(crop_scale)), v2.RandomHorizontalFlip()]
+        if train
+        else [v2.CenterCrop(image_size)]
+    )
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(resize_size),
+            *crop,
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
+        ]
+    )
+
+
+class BenchmarkImages(ImageFiles):
+    """Image files with optional bounding boxes ``(x1, y1, x2, y2)`` (pixels, end exclusive) to crop to.
+
+    ``metadata`` holds extra per-image integer tensors (for example SOP's super-classes).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        labels: torch.Tensor | Sequence[int],
+        boxes: torch.Tensor | None = None,
+        metadata: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(paths, labels)
+        self.boxes = boxes
+        self.metadata = metadata or {}
+
+    def load(self, i: int) -> Image.Image:
+        """Return image ``i`` (cropped to its box if there are boxes) as an RGB PIL image."""
+        try:
+            image = super().load(i)
+        except DataError as error:
+            if not self.paths[i].is_file():
+                raise
+            raise DataError(f"{error}; or set skip_corrupt: true to skip and list such images") from None
+        if self.boxes is None:
+            return image
+        x1, y1, x2, y2 = self.boxes[i].tolist()
+        x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, image.width), min(y2, image.height)
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            raise DataError(
+                f"the bounding box of {self.paths[i]} lies outside its {image.width}×{image.height} pixels; "
+                "fix the box file or set crop_boxes: false"
+            )
+        return image.crop((round(x1), round(y1), round(x2), round(y2)))
+
+
+@dataclass
+class Annotations:
+    """One row per image as read from a benchmark's files: path, class id, split part and its origin.
+
+    ``parts`` are ``train`` / ``test`` (or ``train`` / ``query`` / ``gallery``); ``origins`` name the
+    annotation line of each image for error messages. Paths are strings: ``pathlib`` would cost seconds on
+    SOP's 120,053 rows.
+    """
+
+    paths: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)
+    origins: list[str] = field(default_factory=list)
+    boxes: list[tuple[float, float, float, float]] | None = None
+    metadata: dict[str, list[int]] = field(default_factory=dict)
+
+    def keep(self, rows: list[int]) -> Annotations:
+        """Return the annotations of ``rows`` only."""
+        return Annotations(
+            [self.paths[i] for i in rows],
+            [self.labels[i] for i in rows],
+            [self.parts[i] for i in rows],
+            [self.origins[i] for i in rows],
+            None if self.boxes is None else [self.boxes[i] for i in rows],
+            {name: [values[i] for i in rows] for name, values in self.metadata.items()},
+        )
+
+
+class BenchmarkDataModule(RetrievalDataModule):
+    """A published zero-shot benchmark read from its on-disk layout, its split checked against the paper's.
+
+    Subclasses set ``dataset_name``, ``layout`` (the expected tree, shown when the root is wrong),
+    ``where_to_get``, ``published`` ((part, images, classes or ``None``) per part) and ``split_note``, and
+    implement :meth:`read`.
+
+    Args:
+        root: the dataset folder (or its parent).
+        image_size: side of the square crops (224; 227 for GoogLeNet-era recipes).
+        resize_size: shorter side images are resized to before cropping.
+        mean: normalisation mean; must equal the backbone's ``pretrained_cfg["mean"]`` (ImageNet's default).
+        std: normalisation standard deviation; must equal the backbone's ``pretrained_cfg["std"]``.
+        crop_scale: area fraction range of the training random resized crop.
+        allow_partial: accept a copy whose counts differ from the published dataset (logged as partial).
+        skip_corrupt: decode every image at setup and leave out, listing them, those that cannot be decoded.
+        **kwargs: the :class:`RetrievalDataModule` arguments.
+    """
+
+    dataset_name: str
+    layout: str
+    where_to_get: str
+    published: tuple[tuple[str, int, int | None], ...]
+    split_note: str
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 224,
+        resize_size: int = 256,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        crop_scale: Sequence[float] = (0.08, 1.0),
+        allow_partial: bool = False,
+        skip_corrupt: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if self.protocol != "zero_shot":
+            raise DataError(
+                f"{self.dataset_name} defines only the zero-shot split; set protocol: zero_shot, or list "
+                "another split in a CSV for ImageCSV"
+            )
+        self.root = root
+        self.image_size = image_size
+        self.resize_size = resize_size
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self.crop_scale = tuple(crop_scale)
+        self.allow_partial = allow_partial
+        self.skip_corrupt = skip_corrupt
+        self.count_report = ""
+        self.skipped: list[str] = []
+
+    def find_root(self, marker: str, folder: str) -> Path:
+        """Return ``root`` or ``root/folder``, whichever holds ``marker``, else raise a DataError."""
+        for candidate in (Path(self.root), Path(self.root) / folder):
+            if (candidate / marker).exists():
+                return candidate
+        raise DataError(
+            f"{self.dataset_name}: {marker} not found in {self.root} or {Path(self.root) / folder}; "
+            f"expected the tree {self.layout} (set root to the folder holding it; {self.where_to_get})"
+        )
+
+    def read(self) -> Annotations:
+        """Parse the annotation files under ``root``; bad input raises a DataError naming file and line."""
+        raise NotImplementedError
+
+    def build(self) -> tuple[RetrievalDataset, RetrievalDataset]:
+        """Read the annotations, check images and counts, and split them into training pool and test set."""
+        annotations = self.read()
+        check_images_exist(annotations)
+        self.check_counts(annotations)
+        if self.skip_corrupt:
+            annotations = self.drop_undecodable(annotations)
+        source = BenchmarkImages(
+            annotations.paths,
+            annotations.labels,
+            None if annotations.boxes is None else torch.tensor(annotations.boxes, dtype=torch.float32),
+            {name: torch.tensor(values) for name, values in annotations.metadata.items()},
+        )
+        parts = annotations.parts
+        train = [i for i, part in enumerate(parts) if part == "train"]
+        test = [i for i, part in enumerate(parts) if part != "train"]
+        roles = None, None
+        if "query" in parts:
+            roles = tuple(torch.tensor([parts[i] == role for i in test]) for role in ("query", "gallery"))
+        return RetrievalDataset(source, train), RetrievalDataset(
+            source, test, is_query=roles[0], is_gallery=roles[1]
+        )
+
+    def check_counts(self, annotations: Annotations) -> None:
+        """Compare images and classes per part with the published ones; a mismatch needs ``allow_partial``."""
+        found = {}
+        for part, _, _ in self.published:
+            labels = [
+                label for label, p in zip(annotations.labels, annotations.parts, strict=True) if p == part
+            ]
+            found[part] = (len(labels), len(set(labels)))
+        differences = [
+            f"{part} {found[part][0]:,} images / {found[part][1]:,} classes (published {images:,}"
+            + (f" / {classes:,})" if classes is not None else ")")
+            for part, images, classes in self.published
+            if found[part][0] != images or (classes is not None and found[part][1] != classes)
+        ]
+        if not differences:
+            self.count_report = "counts match the published dataset"
+            return
+        if not self.allow_partial:
+            raise DataError(
+                f"{self.dataset_name} at {self.root} is not the published dataset: {'; '.join(differences)}; "
+                "restore the full dataset, or set allow_partial: true to run on a partial copy"
+            )
+        self.count_report = f"PARTIAL COPY (allow_partial): {'; '.join(differences)}"
+        rank_zero_warn(f"{self.dataset_name}: {self.count_report}")
+
+    def drop_undecodable(self, annotations: Annotations) -> Annotations:
+        """Leave out the images PIL cannot decode, listing them in the log."""
+        self.skipped = undecodable(annotations.paths)
+        if not self.skipped:
+            return annotations
+        rank_zero_info(f"skipped {len(self.skipped)} undecodable images:\n" + "\n".join(self.skipped))
+        bad = set(self.skipped)
+        return annotations.keep([i for i, path in enumerate(annotations.paths) if path not in bad])
+
+    def default_transforms(self, train: bool) -> Callable:
+        """Return :func:`benchmark_transforms` with this module's sizes and normalisation."""
+        return benchmark_transforms(
+            train, self.image_size, self.resize_size, self.mean, self.std, self.crop_scale
+        )
+
+    def summary(self) -> str:
+        """Return the split table, the standard split, the count check and the preprocessing."""
+        lines = [
+            super().summary(),
+            f"{self.dataset_name} at {self.root}: {self.split_note}",
+            self.count_report,
+            f"images: resize {self.resize_size}, crop {self.image_size}, mean {self.mean}, std {self.std}",
+        ]
+        if self.test_set.is_query is not None:
+            queries, gallery = int(self.test_set.is_query.sum()), int(self.test_set.is_gallery.sum())
+            lines.append(f"test: {queries:,} queries searched among {gallery:,} gallery images")
+        if self.skip_corrupt:
+            lines.append(f"skipped {len(self.skipped)} undecodable images")
+        return "\n".join(lines)
+
+
+def check_images_exist(annotations: Annotations) -> None:
+    """Raise a DataError naming the first annotation row whose image file is missing (and how many more)."""
+    present = {path for path in set(annotations.paths) if os.path.isfile(path)}  # SOP lists some files twice
+    missing = [i for i, path in enumerate(annotations.paths) if path not in present]
+    if missing:
+        first = missing[0]
+        others = f" ({len(missing) - 1} more rows too)" if len(missing) > 1 else ""
+        raise DataError(
+            f"{annotations.origins[first]}: image file not found: {annotations.paths[first]}{others}; "
+            "the copy is incomplete: extract the image archive again"
+        )
