@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.runner import Entry, cli_entry, run_grid, save
+from benchmarks.runner import Entry, cli_entry, paired_difference, run_grid, save
 from lightning_dml.data import Digits
 from lightning_dml.metrics import clustering_metrics, retrieval_metrics
 
@@ -42,6 +42,8 @@ def main() -> None:
         cli_entry("quickstart (trained)", "fit", "--config", CONFIG),
     ]
     results = run_grid(entries, seeds)
+    paired = paired_difference(results, "quickstart (trained)", "untrained network", METRICS)
+    results["trained − untrained, same seed"] = paired
     header = (
         "# Quickstart: digits 0–4 → unseen 5–9 (896 test images), leave-one-out\n\n"
         f"`python -m benchmarks.quickstart --seeds {' '.join(map(str, seeds))}` on "

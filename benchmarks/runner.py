@@ -85,10 +85,24 @@ def table(results: dict[str, list[dict[str, float]]], metrics: Sequence[str]) ->
     for name, runs in results.items():
         cells = []
         for metric in metrics:
-            mean, half = confidence_interval([run[metric] for run in runs])
+            values = [run[metric] for run in runs if metric in run]
+            if not values:
+                cells.append("–")
+                continue
+            mean, half = confidence_interval(values)
             cells.append(f"{mean:.4f} ± {half:.4f}" if metric != "seconds" else f"{mean:.0f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def paired_difference(
+    results: dict[str, list[dict[str, float]]], minuend: str, subtrahend: str, metrics: Sequence[str]
+) -> list[dict[str, float]]:
+    """Per-seed differences ``minuend - subtrahend``: the fair comparison when seeds vary a lot."""
+    return [
+        {metric: a[metric] - b[metric] for metric in metrics if metric != "seconds"}
+        for a, b in zip(results[minuend], results[subtrahend], strict=True)
+    ]
 
 
 def save(name: str, header: str, results: dict[str, list[dict[str, float]]], metrics: Sequence[str]) -> str:

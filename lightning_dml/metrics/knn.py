@@ -51,6 +51,33 @@ def count_matches(query_keys: Tensor, gallery_keys: Tensor) -> Tensor:
     return per_key[codes[len(gallery_keys) :]]
 
 
+def matching_positions(query_keys: Tensor, gallery_keys: Tensor) -> Tensor:
+    """``(Nq, m)`` long: the gallery positions whose key equals each query's key, ``-1`` padded.
+
+    ``m`` is the largest number of matches of one query (0 when nothing matches). Sort-based, so memory is
+    O(Nq × m + Ng); this is how same-id items are found without an ``Nq × Ng`` boolean mask.
+    """
+    sorted_keys, order = torch.sort(gallery_keys, stable=True)
+    first = torch.searchsorted(sorted_keys, query_keys, side="left")
+    stop = torch.searchsorted(sorted_keys, query_keys, side="right")
+    width = int((stop - first).max()) if len(query_keys) else 0
+    offsets = first[:, None] + torch.arange(width, device=query_keys.device)
+    found = offsets < stop[:, None]
+    return torch.where(found, order[offsets.clamp(max=max(len(order) - 1, 0))], -1)
+
+
+def exclude_positions(block: Tensor, positions: Tensor) -> None:
+    """Set ``block[i, positions[i, j]]`` to ``-inf`` in place wherever ``positions[i, j] >= 0``."""
+    rows, columns = torch.nonzero(positions >= 0, as_tuple=True)
+    block[rows, positions[rows, columns]] = float("-inf")
+
+
+def prepare_embeddings(embeddings: Tensor, metric: Metric) -> Tensor:
+    """Detached float (at least float32) copy of ``embeddings``, L2-normalised for ``"cosine"``."""
+    embeddings = embeddings.detach().to(torch.promote_types(embeddings.dtype, torch.float32))
+    return F.normalize(embeddings, dim=1) if metric == "cosine" else embeddings
+
+
 def exact_knn(
     queries: Tensor,
     gallery: Tensor,
@@ -69,21 +96,20 @@ def exact_knn(
     Gallery items whose id equals the query's id are excluded; rows with fewer than ``k`` remaining items
     are padded with index ``-1`` and score ``-inf``. Ties are broken by the backend's top-k.
 
-    ``backend="torch"`` scores ``chunk_size`` queries against the whole gallery at a time and keeps the
-    top-k of each block, so the full ``Nq × Ng`` matrix never exists. One block takes
-    ``chunk_size × Ng × (itemsize + 1)`` bytes (the scores plus a boolean same-id mask; itemsize = 4 for
-    float32); when ``chunk_size`` is None it is the largest value keeping that under ``block_bytes``
-    (256 MiB by default), and at least 1.
+    ``backend="torch"`` scores ``chunk_size`` queries against the whole gallery at a time into one reused
+    block and keeps the top-k of each block, so the full ``Nq × Ng`` matrix never exists. The block takes
+    ``chunk_size × Ng × itemsize`` bytes (itemsize = 4 for float32); same-id items are found by a sorted
+    lookup (``matching_positions``) and set to ``-inf`` in place. When ``chunk_size`` is None it is the
+    largest value keeping the block under ``block_bytes`` (256 MiB by default), and at least 1.
 
     ``backend="faiss"`` searches a ``faiss.IndexFlatIP`` / ``IndexFlatL2`` (CPU, float32) for
     ``k + m`` items, where ``m`` is the largest number of gallery items sharing one query's id, then drops
     the same-id items; it returns the same neighbours as the torch backend.
     """
-    _check_inputs(queries, gallery, k, metric, query_ids, gallery_ids, backend, chunk_size)
-    dtype = torch.promote_types(queries.dtype, torch.float32)
-    queries, gallery = queries.detach().to(dtype), gallery.detach().to(dtype)
-    if metric == "cosine":
-        queries, gallery = F.normalize(queries, dim=1), F.normalize(gallery, dim=1)
+    check_search_inputs(queries, gallery, metric, query_ids, gallery_ids, backend, chunk_size)
+    if k < 1:
+        raise DataError(f"k must be at least 1, got {k}")
+    queries, gallery = prepare_embeddings(queries, metric), prepare_embeddings(gallery, metric)
     if query_ids is not None:
         query_ids, gallery_ids = query_ids.to(queries.device), gallery_ids.to(queries.device)
 
@@ -93,9 +119,7 @@ def exact_knn(
     if backend == "faiss":
         scores, indices = _faiss_search(queries, gallery, k, metric, query_ids, gallery_ids)
     else:
-        if chunk_size is None:
-            bytes_per_query = len(gallery) * (queries.element_size() + 1)
-            chunk_size = max(1, block_bytes // bytes_per_query)
+        chunk_size = chunk_size or max(1, block_bytes // (len(gallery) * queries.element_size()))
         scores, indices = _torch_search(queries, gallery, k, metric, query_ids, gallery_ids, chunk_size)
     return _finalise(scores, indices, k)
 
@@ -110,17 +134,21 @@ def _torch_search(
     chunk_size: int,
 ) -> tuple[Tensor, Tensor]:
     """Top-min(k, Ng) per query, one ``chunk_size × Ng`` block at a time; same-id items score ``-inf``."""
+    excluded = None if query_ids is None else matching_positions(query_ids, gallery_ids)
     gallery_sq = gallery.square().sum(1)
+    block_buffer = queries.new_empty(min(chunk_size, len(queries)) * len(gallery))
     top_scores, top_indices = [], []
     for start in range(0, len(queries), chunk_size):
         chunk = queries[start : start + chunk_size]
-        block = chunk @ gallery.T
+        block = block_buffer[: len(chunk) * len(gallery)].view(len(chunk), len(gallery))
         if metric == "euclidean":
-            # -|q - g|² = 2<q, g> - |q|² - |g|², in place to keep a single block in memory.
-            block.mul_(2).sub_(chunk.square().sum(1, keepdim=True)).sub_(gallery_sq).clamp_(max=0)
-        if query_ids is not None:
-            same_id = query_ids[start : start + chunk_size, None] == gallery_ids
-            block.masked_fill_(same_id, float("-inf"))
+            # -|q - g|² = 2<q, g> - |g|² - |q|², written into the reused block.
+            torch.addmm(gallery_sq.neg(), chunk, gallery.T, alpha=2, out=block)
+            block.sub_(chunk.square().sum(1, keepdim=True)).clamp_(max=0)
+        else:
+            torch.mm(chunk, gallery.T, out=block)
+        if excluded is not None:
+            exclude_positions(block, excluded[start : start + chunk_size])
         scores, indices = torch.topk(block, min(k, len(gallery)), dim=1)
         top_scores.append(scores)
         top_indices.append(indices)
@@ -171,17 +199,16 @@ def _finalise(scores: Tensor, indices: Tensor, k: int) -> Neighbours:
     return Neighbours(indices=indices, scores=scores)
 
 
-def _check_inputs(
+def check_search_inputs(
     queries: Tensor,
     gallery: Tensor,
-    k: int,
     metric: str,
     query_ids: Tensor | None,
     gallery_ids: Tensor | None,
     backend: str,
     chunk_size: int | None,
 ) -> None:
-    """Raise a one-line ``DataError`` naming the first malformed argument."""
+    """Raise a one-line ``DataError`` naming the first malformed search argument."""
     if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
         raise DataError(
             f"queries and gallery must be (N, D) with the same D, got {tuple(queries.shape)} and "
@@ -191,10 +218,8 @@ def _check_inputs(
         raise DataError(
             f"queries are on {queries.device} but gallery is on {gallery.device}; move both to one"
         )
-    if not (torch.isfinite(queries).all() and torch.isfinite(gallery).all()):
+    if not (torch.isfinite(queries).all() and (gallery is queries or torch.isfinite(gallery).all())):
         raise DataError("embeddings contain NaN or inf; check the model output (did the loss diverge?)")
-    if k < 1:
-        raise DataError(f"k must be at least 1, got {k}")
     if chunk_size is not None and chunk_size < 1:
         raise DataError(f"chunk_size must be at least 1 (or None to fit the memory budget), got {chunk_size}")
     if metric not in ("cosine", "euclidean"):

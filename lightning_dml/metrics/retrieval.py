@@ -25,6 +25,10 @@ from torch import Tensor
 
 from lightning_dml.errors import DataError
 from lightning_dml.metrics.knn import Backend, Metric, Neighbours, count_matches, exact_knn
+from lightning_dml.metrics.ranking import rank_summary
+
+#: Queries per pass when turning ranks into MAP@R and R-Precision.
+ROWS_PER_PASS = 2**15
 
 
 def count_relevant(
@@ -68,17 +72,32 @@ def metrics_from_neighbours(
     gallery_labels = gallery_labels.to(indices.device)
     query_labels, relevant = query_labels.to(indices.device), relevant.to(indices.device)
     hits = (gallery_labels[indices.clamp(min=0)] == query_labels[:, None]) & (indices >= 0)
+    # The first True of a row is its first hit; a row without one gets rank `needed` (no recall@K hit).
+    first_hit_rank = torch.where(hits.any(1), hits.byte().argmax(1), needed)
+    depth = int(relevant.max()) if len(relevant) else 0
+    return metrics_from_ranks(hits[:, :depth], first_hit_rank, relevant, recall_at=recall_at)
 
-    ranks = torch.arange(1, needed + 1, device=indices.device)
-    hits_in_top_r = hits & (ranks <= relevant[:, None])
-    precision_at_rank = hits_in_top_r.cumsum(1).double() / ranks
+
+def metrics_from_ranks(
+    top_hits: Tensor, first_hit_rank: Tensor, relevant: Tensor, *, recall_at: Sequence[int] = (1, 2, 4, 8)
+) -> dict[str, float]:
+    """Recall@K, precision@1, R-Precision and MAP@R (module docstring) from per-query rank facts.
+
+    ``top_hits`` ``(Nq, m)`` bool: whether the i-th ranked item is relevant, for i ≤ m with m ≥ max R;
+    ``first_hit_rank`` ``(Nq,)``: the 0-based rank of the first relevant item; ``relevant``: R per query.
+    """
     counted = relevant > 0
-    r = relevant.double().clamp(min=1)
-    per_query = {f"recall@{k}": hits[:, :k].any(1).double() for k in recall_at}
-    per_query["precision@1"] = hits[:, 0].double()
-    per_query["r_precision"] = hits_in_top_r.sum(1) / r
-    per_query["map@r"] = (precision_at_rank * hits_in_top_r).sum(1, dtype=torch.float64) / r
-    return {name: values[counted].mean().item() for name, values in per_query.items()}
+    per_query = {f"recall@{k}": first_hit_rank < k for k in recall_at} | {"precision@1": first_hit_rank == 0}
+    sums = {name: float(values[counted].sum(dtype=torch.float64)) for name, values in per_query.items()}
+    sums["r_precision"] = sums["map@r"] = 0.0
+    ranks = torch.arange(1, top_hits.shape[1] + 1, device=top_hits.device)
+    for rows in torch.nonzero(counted).flatten().split(ROWS_PER_PASS):  # bounds the (rows, m) temporaries
+        hits, r = top_hits[rows] & (ranks <= relevant[rows, None]), relevant[rows].double()
+        sums["r_precision"] += float((hits.sum(1) / r).sum())
+        precision_at_rank = hits.cumsum(1).double() / ranks
+        sums["map@r"] += float(((precision_at_rank * hits).sum(1) / r).sum())
+    n_counted = int(counted.sum())
+    return {name: total / n_counted if n_counted else float("nan") for name, total in sums.items()}
 
 
 def retrieval_metrics(
@@ -99,14 +118,18 @@ def retrieval_metrics(
     Without a gallery this is leave-one-out: the queries are also the gallery and each query is excluded
     by its id (``query_ids``, default ``arange(Nq)``), never by rank, so duplicated embeddings count as
     neighbours. With a gallery, ``query_ids``/``gallery_ids`` (optional) mark items present on both sides.
-    One exact k-NN search with ``k = max(max(recall_at), max R)`` feeds all metrics.
+    ``backend="torch"`` (default) computes everything in one exact pass over ``chunk_size × Ng`` score
+    blocks without keeping a top-k list (``ranking.rank_summary``; memory: one label-sorted gallery copy
+    plus a 256 MiB block when ``chunk_size`` is None). ``backend="faiss"`` runs one exact faiss k-NN search
+    with ``k = max(max(recall_at), max R)``; both give the same numbers.
 
     >>> emb = torch.tensor([[0.0], [1.0], [3.0], [7.0], [8.0]])
     >>> labels = torch.tensor([0, 1, 0, 1, 1])
     >>> retrieval_metrics(emb, labels, recall_at=(1, 2), metric="euclidean")
     {'recall@1': 0.4, 'recall@2': 0.8, 'precision@1': 0.4, 'r_precision': 0.2, 'map@r': 0.2}
     """
-    if gallery_embeddings is None:
+    leave_one_out = gallery_embeddings is None
+    if leave_one_out:
         if gallery_labels is not None or gallery_ids is not None:
             raise DataError("gallery_labels/gallery_ids given without gallery_embeddings; pass all or none")
         gallery_embeddings, gallery_labels = query_embeddings, query_labels
@@ -123,9 +146,23 @@ def retrieval_metrics(
     _check_labels(gallery_embeddings, gallery_labels, "gallery")
     if not recall_at or min(recall_at) < 1:
         raise DataError(f"recall_at must be a non-empty list of positive ranks, got {list(recall_at)}")
-    if (query_ids is None) != (gallery_ids is None):
-        raise DataError("pass both query_ids and gallery_ids, or neither")
+    if backend not in ("torch", "faiss"):
+        raise DataError(f'backend must be "torch" or "faiss", got {backend!r}')
 
+    if backend == "torch":
+        summary = rank_summary(
+            query_embeddings,
+            query_labels,
+            None if leave_one_out else gallery_embeddings,
+            None if leave_one_out else gallery_labels,
+            query_ids=query_ids,
+            gallery_ids=None if leave_one_out else gallery_ids,
+            metric=metric,
+            chunk_size=chunk_size,
+        )
+        return metrics_from_ranks(
+            summary.top_hits, summary.first_hit_rank, summary.relevant, recall_at=recall_at
+        )
     relevant = count_relevant(query_labels, gallery_labels, query_ids, gallery_ids)
     k = max(max(recall_at), int(relevant.max()) if len(relevant) else 0)
     neighbours = exact_knn(
@@ -135,7 +172,6 @@ def retrieval_metrics(
         metric=metric,
         query_ids=query_ids,
         gallery_ids=gallery_ids,
-        chunk_size=chunk_size,
         backend=backend,
     )
     return metrics_from_neighbours(neighbours, query_labels, gallery_labels, relevant, recall_at=recall_at)

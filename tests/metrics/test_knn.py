@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lightning_dml.errors import DataError
-from lightning_dml.metrics import Neighbours, count_matches, exact_knn
+from lightning_dml.metrics import Neighbours, count_matches, exact_knn, matching_positions
 
 INF = float("inf")
 
@@ -130,6 +130,12 @@ def test_empty_gallery_gives_only_padding():
     result = exact_knn(torch.ones(2, 3), torch.ones(0, 3), 2)
     assert result.indices.tolist() == [[-1, -1], [-1, -1]]
     assert torch.all(result.scores == -INF)
+
+
+def test_matching_positions_hand_case():
+    positions = matching_positions(torch.tensor([5, 2, 7]), torch.tensor([7, 5, 1, 5]))
+    assert positions.tolist() == [[1, 3], [-1, -1], [0, -1]]
+    assert matching_positions(torch.tensor([4]), torch.tensor([1, 2])).shape == (1, 0)
 
 
 def test_count_matches_hand_case():

@@ -9,7 +9,13 @@ from pytorch_metric_learning.utils.inference import CustomKNN, FaissKNN
 
 import lightning_dml.metrics.retrieval as retrieval_module
 from lightning_dml.errors import DataError
-from lightning_dml.metrics import Neighbours, count_relevant, metrics_from_neighbours, retrieval_metrics
+from lightning_dml.metrics import (
+    Neighbours,
+    count_relevant,
+    metrics_from_neighbours,
+    metrics_from_ranks,
+    retrieval_metrics,
+)
 
 PML_NAMES = {
     "precision@1": "precision_at_1",
@@ -86,10 +92,13 @@ def test_count_relevant_excludes_same_id_only():
     assert count_relevant(torch.tensor([4]), labels, torch.tensor([1]), gallery_ids).tolist() == [1]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+# 256 dimensions take the half-matrix path (symmetric.py), 16 the whole-row path.
+@pytest.mark.parametrize(
+    ("seed", "n_classes", "dim", "spread"), [(0, 30, 16, 0.8), (1, 30, 16, 0.8), (2, 300, 256, 2.0)]
+)
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_leave_one_out_matches_pytorch_metric_learning(make_clustered, seed, metric):
-    embeddings, labels = make_clustered(seed)
+def test_leave_one_out_matches_pytorch_metric_learning(make_clustered, seed, n_classes, dim, spread, metric):
+    embeddings, labels = make_clustered(seed, n_classes=n_classes, dim=dim, spread=spread)
     result = retrieval_metrics(embeddings, labels, metric=metric)
     reference = pml_metrics(embeddings, labels, metric=metric)
     assert {name: result[name] for name in PML_NAMES} == pytest.approx(reference, abs=1e-6)
@@ -130,6 +139,25 @@ def test_recall_matches_brute_force_query_vs_gallery(make_clustered):
     result = retrieval_metrics(query, query_labels, gallery, gallery_labels, recall_at=ks)
     expected = brute_force_recall(query, query_labels, gallery, gallery_labels, ks, leave_one_out=False)
     assert {name: result[name] for name in expected} == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_torch_and_faiss_backends_agree_up_to_deep_recall(make_clustered, metric):
+    embeddings, labels = make_clustered(seed=7, n_classes=300)
+    ks = (1, 10, 100, 1000)
+    by_torch = retrieval_metrics(embeddings, labels, recall_at=ks, metric=metric)
+    by_faiss = retrieval_metrics(embeddings, labels, recall_at=ks, metric=metric, backend="faiss")
+    assert by_torch == pytest.approx(by_faiss, abs=1e-12)
+    assert by_torch["recall@1"] < by_torch["recall@10"] < by_torch["recall@100"] < 1.0
+
+
+def test_metrics_from_ranks_hand_case():
+    # Query 0: R=2, hits at ranks 1 and 3 of the first R=2 -> RP 1/2, MAP@R 1/2; first hit rank 0.
+    # Query 1: R=1, first hit at rank 4 (0-based 3) -> recall@4 only. Query 2: lone, left out.
+    top_hits = torch.tensor([[True, False], [False, False], [False, False]])
+    result = metrics_from_ranks(top_hits, torch.tensor([0, 3, 0]), torch.tensor([2, 1, 0]), recall_at=(1, 4))
+    expected = {"recall@1": 0.5, "recall@4": 1.0, "precision@1": 0.5, "r_precision": 0.25, "map@r": 0.25}
+    assert result == pytest.approx(expected, abs=1e-12)
 
 
 def test_chunk_size_and_backend_do_not_change_metrics(clustered):
