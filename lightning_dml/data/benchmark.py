@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image, UnidentifiedImageError
@@ -182,6 +183,8 @@ class BenchmarkDataModule(RetrievalDataModule):
         resize_size: shorter side images are resized to before cropping.
         mean: normalisation mean; must equal the backbone's ``pretrained_cfg["mean"]`` (ImageNet's default).
         std: normalisation standard deviation; must equal the backbone's ``pretrained_cfg["std"]``.
+        normalization_from: a timm model name whose ``pretrained_cfg`` gives mean and std (overriding
+            them); configs set it to the backbone's name by interpolation, so the two cannot disagree.
         crop_scale: area fraction range of the training random resized crop.
         allow_partial: accept a copy whose counts differ from the published dataset (logged as partial).
         skip_corrupt: decode every image at setup and leave out, listing them, those that cannot be decoded.
@@ -201,6 +204,7 @@ class BenchmarkDataModule(RetrievalDataModule):
         resize_size: int = 256,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        normalization_from: str | None = None,
         crop_scale: Sequence[float] = (0.08, 1.0),
         allow_partial: bool = False,
         skip_corrupt: bool = False,
@@ -215,8 +219,15 @@ class BenchmarkDataModule(RetrievalDataModule):
         self.root = root
         self.image_size = image_size
         self.resize_size = resize_size
-        self.mean = tuple(mean)
-        self.std = tuple(std)
+        self.mean, self.std = tuple(mean), tuple(std)
+        if normalization_from is not None:
+            cfg = timm.get_pretrained_cfg(normalization_from)
+            if cfg is None:
+                raise DataError(
+                    f"normalization_from: timm has no pretrained config {normalization_from!r}; name a timm "
+                    "model (e.g. resnet50.tv_in1k) or set mean and std instead"
+                )
+            self.mean, self.std = tuple(cfg.mean), tuple(cfg.std)
         self.crop_scale = tuple(crop_scale)
         self.allow_partial = allow_partial
         self.skip_corrupt = skip_corrupt

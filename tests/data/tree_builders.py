@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 import timm
-import yaml
 from PIL import Image
 
 from tests.conftest import REPO
@@ -179,8 +178,11 @@ def validate_args(config: str, tmp_path: Path) -> list[str]:
 
 def check_config_matches_backbone(config: str) -> None:
     """Assert that a config's data normalisation and crop size are its timm backbone's ``pretrained_cfg``."""
-    settings = yaml.safe_load((REPO / f"configs/{config}.yaml").read_text())
-    data, model = settings["data"]["init_args"], settings["model"]["init_args"]
-    cfg = timm.get_pretrained_cfg(model["backbone"]["init_args"]["name"]).to_dict()
-    assert tuple(data["mean"]) == cfg["mean"] and tuple(data["std"]) == cfg["std"]
-    assert data["image_size"] == cfg["input_size"][-1] and model["embedding_size"] == 512
+    from lightning_dml.cli import DMLCLI
+
+    offline = ["--model.init_args.backbone.init_args.pretrained", "false"]
+    cli = DMLCLI(args=["--config", str(REPO / f"configs/{config}.yaml"), *offline], run=False)
+    data, model = cli.datamodule, cli.model
+    cfg = timm.get_pretrained_cfg(model.hparams["backbone"]["init_args"]["name"]).to_dict()
+    assert data.mean == cfg["mean"] and data.std == cfg["std"]
+    assert data.image_size == cfg["input_size"][-1] and model.hparams["embedding_size"] == 512
