@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
+import yaml
 from jsonargparse import Namespace
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 
-from lightning_dml.callbacks import RetrievalEvaluation
+from lightning_dml.callbacks import EmbeddingWriter, RetrievalEvaluation, RetrievalPictures, RunSummary
 from lightning_dml.data.datamodule import RetrievalDataModule
 from lightning_dml.errors import LightningDMLError
 from lightning_dml.methods import RetrievalModule
@@ -24,14 +27,49 @@ TRAINER_DEFAULTS = {
     "use_distributed_sampler": False,
 }
 
+#: Name of the resolved CLI config among a W&B run's files (wandb keeps its own ``config.yaml`` there).
+WANDB_CONFIG_FILE = "lightning_dml_config.yaml"
+
+
+class SaveAndLogConfig(SaveConfigCallback):
+    """Saves the resolved config to the log directory (LightningCLI's default) and logs it to every
+    ``WandbLogger``: as the run's config (searchable in the dashboard) and as the run file
+    ``lightning_dml_config.yaml``. LightningCLI calls ``save_config`` on rank 0 only."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Log the resolved YAML config to the W&B loggers of the trainer."""
+        text = self.parser.dump(self.config, skip_none=False)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                run = logger.experiment
+                run.config.update(yaml.safe_load(text), allow_val_change=True)
+                path = Path(run.dir, WANDB_CONFIG_FILE)
+                path.write_text(text)
+                run.save(str(path), base_path=run.dir, policy="now")
+
+
+class KeyMetricProgressBar(RichProgressBar):
+    """Rich progress bar that also shows the checkpoint callback's monitored metric (the run's key metric)."""
+
+    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        """The default progress bar items plus the latest value of the checkpoint monitor."""
+        items = super().get_metrics(trainer, pl_module)
+        monitor = getattr(trainer.checkpoint_callback, "monitor", None)
+        if monitor in trainer.callback_metrics:
+            items[monitor] = float(trainer.callback_metrics[monitor])
+        return items
+
 
 class DMLCLI(LightningCLI):
     """LightningCLI with retrieval evaluation and checkpointing always on, and omegaconf interpolation.
 
-    Model and data are chosen by ``class_path`` (any ``RetrievalModule`` / ``RetrievalDataModule``). Two
-    sections are added: ``evaluation`` (the ``RetrievalEvaluation`` callback) and ``checkpoint`` (a
-    ``ModelCheckpoint`` keeping the best by ``val/map@r`` and the last). ``fit`` ends with ``test`` on the
-    best checkpoint unless ``--test_after_fit false``.
+    Model and data are chosen by ``class_path`` (any ``RetrievalModule`` / ``RetrievalDataModule``). Four
+    sections are added: ``evaluation`` (the ``RetrievalEvaluation`` callback), ``pictures`` (the
+    ``RetrievalPictures`` callback; ``--pictures.every_n_epochs 0`` turns it off), ``checkpoint`` (a
+    ``ModelCheckpoint`` keeping the best by ``val/map@r`` and the last) and ``prediction`` (the
+    ``EmbeddingWriter``: ``predict`` writes ``predictions/embeddings.npz``). The resolved config is also
+    logged to W&B when a ``WandbLogger`` is used, and a run summary is printed at the end. ``fit`` ends with
+    ``test`` on the best checkpoint unless ``--test_after_fit false``.
     """
 
     def __init__(self, **kwargs) -> None:
@@ -42,15 +80,18 @@ class DMLCLI(LightningCLI):
             subclass_mode_data=True,
             auto_configure_optimizers=False,
             parser_kwargs={"parser_mode": "omegaconf"},
+            save_config_callback=SaveAndLogConfig,
             save_config_kwargs={"overwrite": True},
             trainer_defaults=TRAINER_DEFAULTS,
             **kwargs,
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Add the evaluation and checkpoint sections and the ``test_after_fit`` switch."""
+        """Add the evaluation, pictures, checkpoint and prediction sections and ``test_after_fit``."""
         parser.add_lightning_class_args(RetrievalEvaluation, "evaluation")
+        parser.add_lightning_class_args(RetrievalPictures, "pictures")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(EmbeddingWriter, "prediction")  # acts in predict only
         parser.set_defaults(
             {"checkpoint.monitor": "val/map@r", "checkpoint.mode": "max", "checkpoint.save_last": True}
         )
@@ -74,13 +115,15 @@ class DMLCLI(LightningCLI):
             config.ckpt_path = str(newest)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        """Build the trainer, with a rich progress bar unless the config disables or chooses one."""
+        """Build the trainer with the run summary, and a rich progress bar showing the key metric unless the
+        config disables or chooses a progress bar."""
         config = self._get(self.config_init, "trainer", default={})
-        callbacks = list(config.get("callbacks") or [])
+        callbacks = [*(config.get("callbacks") or []), RunSummary()]
         if config.get("enable_progress_bar") is not False and not any(
             isinstance(c, ProgressBar) for c in callbacks
         ):
-            kwargs.setdefault("callbacks", [*callbacks, RichProgressBar()])
+            callbacks.append(KeyMetricProgressBar())
+        kwargs.setdefault("callbacks", callbacks)
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:

@@ -13,6 +13,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lightning_dml.errors import LightningDMLError
 from lightning_dml.metrics import clustering_metrics, retrieval_metrics
+from lightning_dml.metrics.classification import nearest_neighbour_classification
 
 Stage = Literal["validate", "test"]
 
@@ -41,7 +42,10 @@ class RetrievalEvaluation(L.Callback):
     Args:
         recall_at: the K of Recall@K.
         metric: similarity of the k-NN search.
-        clustering: also compute NMI and F1 (k-means with one cluster per class).
+        clustering: also compute NMI and F1 (k-means with one cluster per class, on L2-normalised embeddings
+            when ``metric`` is cosine, on the raw ones when it is euclidean).
+        classification: also compute ``1nn_macro_recall`` and ``1nn_macro_f1`` (the 1-NN classifier's macro
+            recall and F1: the G-DML paper's Recall@1 and F-score).
         backend: k-NN implementation (``faiss`` needs the ``faiss`` extra).
         chunk_size: queries per similarity block (``None``: sized to a fixed memory budget).
         seed: k-means seed.
@@ -52,6 +56,7 @@ class RetrievalEvaluation(L.Callback):
         recall_at: Sequence[int] = (1, 2, 4, 8),
         metric: Literal["cosine", "euclidean"] = "cosine",
         clustering: bool = True,
+        classification: bool = False,
         backend: Literal["torch", "faiss"] = "torch",
         chunk_size: int | None = None,
         seed: int = 0,
@@ -59,10 +64,13 @@ class RetrievalEvaluation(L.Callback):
         self.recall_at = list(recall_at)
         self.metric = metric
         self.clustering = clustering
+        self.classification = classification
         self.backend = backend
         self.chunk_size = chunk_size
         self.seed = seed
         self._outputs: dict[int, list[dict[str, torch.Tensor]]] = defaultdict(list)
+        #: On rank 0, the de-duplicated outputs of each set of the latest evaluation, for later callbacks.
+        self.last_outputs: dict[str, dict[str, torch.Tensor]] = {}
 
     def compute(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
         """Return the metrics of one evaluation set's de-duplicated outputs."""
@@ -80,10 +88,17 @@ class RetrievalEvaluation(L.Callback):
                 chunk_size=self.chunk_size,
                 **options,
             )
+            sides = (embeddings[query], labels[query], embeddings[gallery], labels[gallery])
+            ids = {"query_ids": indices[query], "gallery_ids": indices[gallery]}
         else:
             metrics = retrieval_metrics(embeddings, labels, chunk_size=self.chunk_size, **options)
+            sides, ids = (embeddings, labels), {"query_ids": indices}
+        if self.classification:
+            metrics |= nearest_neighbour_classification(*sides, **ids, metric=self.metric)
         if self.clustering:
-            metrics |= clustering_metrics(embeddings, labels, seed=self.seed)
+            metrics |= clustering_metrics(
+                embeddings, labels, seed=self.seed, normalize=self.metric == "cosine"
+            )
         return metrics
 
     def _collect(self, outputs: Any, dataloader_idx: int) -> None:
@@ -114,6 +129,7 @@ class RetrievalEvaluation(L.Callback):
         loaders = trainer.val_dataloaders if stage == "validate" else trainer.test_dataloaders
         loaders = loaders if isinstance(loaders, Sequence) else [loaders]
         limited = trainer.num_val_batches if stage == "validate" else trainer.num_test_batches
+        self.last_outputs = {}
         for idx, (name, loader) in enumerate(
             zip(set_names(trainer, stage, len(loaders)), loaders, strict=True)
         ):
@@ -125,6 +141,8 @@ class RetrievalEvaluation(L.Callback):
                 if limited[idx] >= len(loader):
                     raise LightningDMLError(f"{message}: the evaluation loader or its sampler lost images")
                 rank_zero_warn(f"{message} (limit_{'val' if stage == 'validate' else 'test'}_batches is set)")
+            if trainer.is_global_zero:
+                self.last_outputs[name] = outputs
             metrics = self.compute(outputs) if trainer.is_global_zero else None
             metrics = trainer.strategy.broadcast(metrics, src=0)
             for key, value in metrics.items():

@@ -1,0 +1,264 @@
+"""``RetrievalPictures``: retrieval grids, 2-D embedding plots and the embedding projector, logged to
+TensorBoard and Weights & Biases from what ``RetrievalEvaluation`` has just evaluated."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
+from matplotlib.figure import Figure
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from lightning_dml.callbacks.plots import (
+    Projection,
+    average_precision_at_r,
+    figure_to_image,
+    plot_embeddings_2d,
+    resize_square,
+    retrieval_grid,
+    worst_queries,
+)
+from lightning_dml.callbacks.retrieval_evaluation import RetrievalEvaluation
+from lightning_dml.errors import LightningDMLError
+from lightning_dml.metrics import exact_knn, rank_summary
+
+Stage = Literal["validate", "test"]
+
+
+def load_images(
+    dataset: Dataset,
+    positions: Tensor,
+    mean: Sequence[float] = (0.0,),
+    std: Sequence[float] = (1.0,),
+    size: int | None = None,
+) -> Tensor:
+    """Images ``dataset[i]["image"]`` for ``i`` in ``positions`` as ``(N, C, size, size)`` floats in [0, 1].
+
+    The evaluation transform's normalisation is undone with ``mean`` and ``std`` (per channel or one value);
+    ``size`` resizes each image to that square (``None``: keep the size, which must then be common).
+    """
+    images = []
+    for i in positions.tolist():
+        image = torch.as_tensor(dataset[i]["image"]).float()
+        image = image * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
+        images.append(image[None] if size is None else resize_square(image[None], size))
+    return torch.cat(images).clamp(0, 1)
+
+
+class RetrievalPictures(L.Callback):
+    """Logs pictures of the evaluation sets every ``every_n_epochs`` validations and at test (rank 0 only).
+
+    For each evaluation set: ``{set}/retrieval`` (``num_queries`` fixed random queries with their ``top_k``
+    neighbours, green border = same class, red = not), ``{set}/worst_queries`` (the ``num_worst`` queries
+    with the lowest AP@R, lowest first, same layout), ``{set}/embeddings_2d`` (the 2-D view of up to
+    ``max_plot_points`` embeddings coloured by class: the embeddings themselves when D = 2, else PCA, or
+    UMAP per ``projection``), and in TensorBoard the embedding projector for ``projector_samples`` items
+    with their labels and thumbnails. Logged to every ``TensorBoardLogger`` and ``WandbLogger`` of the
+    trainer; other loggers get nothing.
+
+    It draws what a ``RetrievalEvaluation`` callback of the same trainer evaluated (its ``last_outputs``),
+    with that callback's similarity, so nothing is gathered or embedded twice; images come from the data
+    module's evaluation sets, de-normalised with its ``mean`` and ``std``.
+
+    Args:
+        every_n_epochs: log after the validation of every N-th epoch and at test; 0 turns the pictures off.
+        num_queries: queries in the retrieval grid (the same seeded sample every time; 0: no grid).
+        top_k: neighbours shown per query.
+        num_worst: queries in the worst-queries grid (0: no grid).
+        projection: 2-D method when D > 2: ``auto`` (UMAP if installed, else PCA), ``pca`` or ``umap``.
+        projector_samples: items in the TensorBoard projector (0: no projector).
+        max_plot_points: most points in the 2-D plot (a seeded sample beyond that).
+        cell_size: side in pixels of each image in the grids.
+        thumbnail_size: side in pixels of the projector thumbnails.
+        seed: seed of the samples.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        num_queries: int = 8,
+        top_k: int = 5,
+        num_worst: int = 8,
+        projection: Projection = "auto",
+        projector_samples: int = 500,
+        max_plot_points: int = 5000,
+        cell_size: int = 64,
+        thumbnail_size: int = 32,
+        seed: int = 0,
+    ) -> None:
+        self.every_n_epochs = every_n_epochs
+        self.num_queries = num_queries
+        self.top_k = top_k
+        self.num_worst = num_worst
+        self.projection = projection
+        self.projector_samples = projector_samples
+        self.max_plot_points = max_plot_points
+        self.cell_size = cell_size
+        self.thumbnail_size = thumbnail_size
+        self.seed = seed
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Check that an evaluation callback exists and say when no logger can show pictures."""
+        if self.every_n_epochs > 0 and self._evaluation(trainer) is None:
+            raise LightningDMLError(
+                "RetrievalPictures draws what RetrievalEvaluation evaluated: add a RetrievalEvaluation "
+                "callback to the trainer"
+            )
+        if self.every_n_epochs > 0 and not self._loggers(trainer):
+            rank_zero_info("RetrievalPictures: no TensorBoard or W&B logger, so no pictures are logged")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Log the validation sets' pictures every ``every_n_epochs`` epochs."""
+        due = self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        if due and not trainer.sanity_checking:
+            self._log(trainer, "validate")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Log the test set's pictures."""
+        if self.every_n_epochs > 0:
+            self._log(trainer, "test")
+
+    def draw(
+        self,
+        outputs: dict[str, Tensor],
+        dataset: Dataset,
+        mean: Sequence[float] = (0.0,),
+        std: Sequence[float] = (1.0,),
+        metric: Literal["cosine", "euclidean"] = "cosine",
+        title: str = "",
+    ) -> dict[str, Tensor | Figure]:
+        """Return the pictures of one evaluation set: ``retrieval`` and ``worst_queries`` (``(3, H, W)``
+        images in [0, 1], each left out when its number of queries is 0) and ``embeddings_2d`` (a figure).
+
+        ``outputs`` holds ``embeddings``, ``labels`` and ``indices`` (positions in ``dataset``), and
+        ``is_query``/``is_gallery`` for query-vs-gallery sets; without them the set is searched
+        leave-one-out (each query's own index excluded).
+        """
+        embeddings = outputs["embeddings"].float()
+        on_device = {key: outputs[key].to(embeddings.device) for key in ("labels", "indices")}
+        labels, indices = outputs["labels"].cpu(), outputs["indices"].cpu()
+        if "is_query" in outputs:
+            query_rows = torch.nonzero(outputs["is_query"].cpu().bool()).flatten()
+            gallery_rows = torch.nonzero(outputs["is_gallery"].cpu().bool()).flatten()
+            q, g = query_rows.to(embeddings.device), gallery_rows.to(embeddings.device)
+            summary = rank_summary(
+                embeddings[q],
+                on_device["labels"][q],
+                embeddings[g],
+                on_device["labels"][g],
+                query_ids=on_device["indices"][q],
+                gallery_ids=on_device["indices"][g],
+                metric=metric,
+            )
+        else:
+            query_rows = gallery_rows = torch.arange(len(labels))
+            summary = rank_summary(
+                embeddings, on_device["labels"], query_ids=on_device["indices"], metric=metric
+            )
+
+        def grid(queries: Tensor) -> Tensor:
+            """The retrieval grid of the given output rows as queries."""
+            q, g = queries.to(embeddings.device), gallery_rows.to(embeddings.device)
+            found = exact_knn(
+                embeddings[q],
+                embeddings[g],
+                self.top_k,
+                metric=metric,
+                query_ids=on_device["indices"][q],
+                gallery_ids=on_device["indices"][g],
+            ).indices.cpu()
+            present = found >= 0
+            neighbours = gallery_rows[found.clamp(min=0)]
+            correct = (labels[neighbours] == labels[queries, None]) & present
+            query_images = load_images(dataset, indices[queries], mean, std, self.cell_size)
+            neighbour_images = load_images(dataset, indices[neighbours.flatten()], mean, std, self.cell_size)
+            return retrieval_grid(
+                query_images, neighbour_images.unflatten(0, neighbours.shape), correct, present
+            )
+
+        generator = torch.Generator().manual_seed(self.seed)
+        sample = query_rows[torch.randperm(len(query_rows), generator=generator)[: self.num_queries]]
+        worst = query_rows[worst_queries(average_precision_at_r(summary).cpu(), self.num_worst)]
+        plotted = torch.randperm(len(labels), generator=generator)[: self.max_plot_points]
+        pictures = {"retrieval": grid(sample)} if len(sample) else {}
+        if len(worst):
+            pictures["worst_queries"] = grid(worst)
+        pictures["embeddings_2d"] = plot_embeddings_2d(
+            embeddings[plotted.to(embeddings.device)], labels[plotted], title, self.projection, self.seed
+        )
+        return pictures
+
+    def _log(self, trainer: L.Trainer, stage: Stage) -> None:
+        loggers = self._loggers(trainer)
+        evaluation = self._evaluation(trainer)
+        datamodule = trainer.datamodule
+        if not trainer.is_global_zero or not loggers or datamodule is None:
+            return
+        sets = datamodule.evaluation_sets(stage)
+        mean, std = display_normalisation(datamodule)
+        step = trainer.global_step
+        for name, outputs in evaluation.last_outputs.items():
+            title = f"{name}, epoch {trainer.current_epoch}"
+            pictures = self.draw(outputs, sets[name], mean, std, evaluation.metric, title)
+            images = {
+                f"{name}/{key}": figure_to_image(value) if isinstance(value, Figure) else value
+                for key, value in pictures.items()
+            }
+            for logger in loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    for tag, image in images.items():
+                        logger.experiment.add_image(tag, image, step)
+                    self._add_projector(logger, name, outputs, sets[name], mean, std, step)
+                else:
+                    for tag, image in images.items():
+                        logger.log_image(tag, [to_hwc_uint8(image)], step=step)
+
+    def _add_projector(
+        self,
+        logger: TensorBoardLogger,
+        name: str,
+        outputs: dict[str, Tensor],
+        dataset: Dataset,
+        mean: Sequence[float],
+        std: Sequence[float],
+        step: int,
+    ) -> None:
+        if self.projector_samples <= 0:
+            return
+        generator = torch.Generator().manual_seed(self.seed)
+        rows = torch.randperm(len(outputs["labels"]), generator=generator)[: self.projector_samples]
+        thumbnails = load_images(dataset, outputs["indices"].cpu()[rows], mean, std, self.thumbnail_size)
+        logger.experiment.add_embedding(
+            outputs["embeddings"].cpu()[rows].float(),
+            metadata=outputs["labels"].cpu()[rows].tolist(),
+            label_img=thumbnails.expand(-1, 3, -1, -1),
+            global_step=step,
+            tag=name,
+        )
+
+    @staticmethod
+    def _evaluation(trainer: L.Trainer) -> RetrievalEvaluation | None:
+        return next((c for c in trainer.callbacks if isinstance(c, RetrievalEvaluation)), None)
+
+    @staticmethod
+    def _loggers(trainer: L.Trainer) -> list[Any]:
+        return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger | WandbLogger)]
+
+
+def display_normalisation(datamodule: L.LightningDataModule) -> tuple[Sequence[float], Sequence[float]]:
+    """The ``mean`` and ``std`` that map the data module's evaluation images back to [0, 1]."""
+    if getattr(datamodule, "raw_pixels", False):  # float pixel values in 0-255, not normalised
+        return (0.0,), (1 / 255,)
+    return getattr(datamodule, "mean", (0.0,)), getattr(datamodule, "std", (1.0,))
+
+
+def to_hwc_uint8(image: Tensor) -> Any:
+    """A ``(3, H, W)`` image (float in [0, 1] or uint8) as an ``(H, W, 3)`` uint8 numpy array."""
+    if image.is_floating_point():
+        image = (image * 255).round().to(torch.uint8)
+    return image.permute(1, 2, 0).numpy()
