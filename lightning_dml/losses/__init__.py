@@ -6,5 +6,6 @@ ref_labels=None)``. Any loss PML already has is used directly by ``class_path``
 """
 
 from lightning_dml.losses.binomial_deviance import BinomialDevianceLoss
+from lightning_dml.losses.deml import DeMLAdversary
 
-__all__ = ["BinomialDevianceLoss"]
+__all__ = ["BinomialDevianceLoss", "DeMLAdversary"]

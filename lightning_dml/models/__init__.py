@@ -1,6 +1,16 @@
 """Models: backbones (images -> features), embedding heads (features -> embeddings) and their composition."""
 
 from lightning_dml.models.backbones import SmallCNN, TimmBackbone, TorchvisionBackbone
+from lightning_dml.models.deml import ChannelAttention, DeMLNetwork, SplitSmallCNN
 from lightning_dml.models.heads import EmbeddingHead, EmbeddingNetwork
 
-__all__ = ["EmbeddingHead", "EmbeddingNetwork", "SmallCNN", "TimmBackbone", "TorchvisionBackbone"]
+__all__ = [
+    "ChannelAttention",
+    "DeMLNetwork",
+    "EmbeddingHead",
+    "EmbeddingNetwork",
+    "SmallCNN",
+    "SplitSmallCNN",
+    "TimmBackbone",
+    "TorchvisionBackbone",
+]

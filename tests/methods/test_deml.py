@@ -1,0 +1,139 @@
+"""DeML LightningModule: embedding order, loss composition, parameter groups, and a fit through the CLI."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_dml.cli import DMLCLI
+from lightning_dml.losses.deml import activation_penalty, hinge_adversary_loss, unit_row_norm_penalty
+from lightning_dml.methods import DeML
+from lightning_dml.models import SplitSmallCNN
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def small_deml(**kwargs) -> DeML:
+    torch.manual_seed(0)
+    options = {"streams": 2, "learners": 3, "embedding_size": 8} | kwargs
+    return DeML(SplitSmallCNN(widths=(8, 16, 16)), **options)
+
+
+def batch(size: int = 8) -> dict[str, torch.Tensor]:
+    return {"image": torch.randn(size, 1, 28, 28), "label": torch.arange(size) % 4}
+
+
+def test_embedding_is_the_concatenation_of_unit_learner_embeddings() -> None:
+    model = small_deml().eval()
+    images = torch.randn(5, 1, 28, 28)
+    embeddings = model.embed(images)
+    assert embeddings.shape == (5, 2 * 3 * 8)
+    blocks = embeddings.view(5, 6, 8)
+    torch.testing.assert_close(blocks.norm(dim=-1), torch.ones(5, 6))
+    normalized = model.network(images).normalized()
+    torch.testing.assert_close(blocks[:, 4], normalized[1, 1])  # stream 2, learner 2
+    # Cosine of the concatenations = mean of the learners' cosines.
+    cosine = F.cosine_similarity(embeddings[0], embeddings[1], dim=0)
+    torch.testing.assert_close(cosine, (blocks[0] * blocks[1]).sum(dim=-1).mean())
+
+
+def test_training_loss_sums_the_terms_as_specified() -> None:
+    model = small_deml().eval()  # eval: the same BatchNorm statistics in both passes
+    data = batch()
+    loss = model.training_loss(data)
+    output = model.network(data["image"])
+    normalized = output.normalized()
+    metric = sum(torch.stack([model.loss(e, data["label"]) for e in stream]).mean() for stream in normalized)
+    adversary = 0.2 * sum(hinge_adversary_loss(stream) for stream in normalized)
+    streams = model.network.streams
+    activation = 0.014 * sum(
+        activation_penalty(s.embeddings[0].weight, p[0]) for s, p in zip(streams, output.pooled, strict=True)
+    )
+    row_norm = 0.5 * sum(unit_row_norm_penalty(s.embeddings[0].weight) for s in streams)
+    torch.testing.assert_close(loss, metric + adversary + activation + row_norm)
+    plain = small_deml(adversary="none", auxiliary=False).eval()
+    torch.testing.assert_close(plain.training_loss(data), metric)
+
+
+def test_grl_variant_trains_its_adversary_with_the_new_layers() -> None:
+    model = small_deml(adversary="grl", backbone_lr=1e-5)
+    pretrained, new = model.parameter_groups()
+    assert pretrained["lr"] == 1e-5 and "lr" not in new
+    new_ids = {id(p) for p in new["params"]}
+    assert all(id(p) in new_ids for p in model.adversary.parameters())
+    assert all(id(p) in new_ids for s in model.network.streams for p in s.attentions.parameters())
+    assert all(id(p) not in new_ids for s in model.network.streams for p in s.trunk.parameters())
+    assert len(new_ids) + len(pretrained["params"]) == len(list(model.parameters()))
+    loss = model.training_loss(batch())
+    loss.backward()
+    assert all(p.grad is not None for p in model.adversary.parameters())
+
+
+def test_u512_switches_leave_a_single_plain_learner() -> None:
+    model = small_deml(
+        streams=1,
+        learners=1,
+        embedding_size=48,
+        object_attention=False,
+        channel_attention=False,
+        adversary="none",
+        auxiliary=False,
+    )
+    assert model.embed(torch.randn(3, 1, 28, 28)).shape == (3, 48)
+    assert len(model.network.streams) == 1 and not list(model.network.streams[0].attentions)
+
+
+@pytest.fixture
+def deml_digits_args(tmp_path: Path) -> list[str]:
+    """quick_args-style arguments for the DeML digits config: one short epoch, logs under ``tmp_path``."""
+    return [
+        "--config",
+        str(REPO / "configs/deml/digits.yaml"),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "3",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "runs"),
+    ]
+
+
+def test_deml_fit_on_digits_through_the_cli(deml_digits_args: list[str], tmp_path: Path) -> None:
+    cli = DMLCLI(args=["fit", *deml_digits_args])
+    metrics = cli.trainer.callback_metrics
+    assert 0.0 <= float(metrics["test/recall@1"]) <= 1.0
+    assert cli.model.hparams.streams == 2 and cli.model.embed(torch.zeros(1, 1, 8, 8)).shape == (1, 192)
+    events = EventAccumulator(str(next((tmp_path / "runs").rglob("events.out.tfevents*")).parent)).Reload()
+    for term in ("metric_loss", "adversary", "activation_penalty", "row_norm_penalty"):
+        values = [event.value for event in events.Scalars(f"train/{term}")]
+        assert values and all(torch.isfinite(torch.tensor(values)))
+    assert "attention_maps" in events.Tags()["images"]  # the config's AttentionMaps callback
+
+
+def test_cub_config_is_the_release_recipe(tmp_path: Path) -> None:
+    offline = tmp_path / "offline.yaml"
+    offline.write_text(
+        "model:\n  init_args:\n    backbone:\n      init_args:\n        weights: null\n"
+        "trainer:\n  accelerator: cpu\n  devices: 1\n  strategy: auto\n"
+    )
+    args = ["--config", str(REPO / "configs/deml/cub.yaml"), "--config", str(offline)]
+    cli = DMLCLI(args=[*args, "--trainer.logger.init_args.save_dir", str(tmp_path)], run=False)
+    model, data = cli.model, cli.datamodule
+    assert (len(model.network.streams), model.network.learners, model.network.embedding_size) == (3, 3, 56)
+    assert model.adversary.kind == "hinge" and model.auxiliary and model.loss.negative_cost == 35.0
+    trunk = model.network.streams[0].trunk
+    assert model.network.streams[0].attentions[0].layers[0].in_channels == 512 and len(trunk) == 11
+    optimizer = model.configure_optimizers()
+    pretrained, new = optimizer["optimizer"].param_groups
+    assert (pretrained["lr"], new["lr"], new["weight_decay"]) == (1e-5, 1e-4, 2e-4)
+    assert optimizer["lr_scheduler"]["scheduler"].milestones == {15000: 1}
+    assert (data.classes_per_batch, data.samples_per_class, data.image_size) == (13, 2, 227)
+    assert data.train_transform(torch.zeros(3, 300, 400, dtype=torch.uint8)).shape == (3, 227, 227)
