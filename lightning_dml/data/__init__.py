@@ -9,6 +9,7 @@ from lightning_dml.data.digits import Digits
 from lightning_dml.data.folder import ImageFolder
 from lightning_dml.data.image_csv import ImageCSV
 from lightning_dml.data.inshop import InShop
+from lightning_dml.data.pair_triplets import ClassPairTripletSampler
 from lightning_dml.data.sampler import ClassBalancedBatchSampler
 from lightning_dml.data.sop import StanfordOnlineProducts
 from lightning_dml.data.torchvision_sets import CIFAR10, CIFAR100, MNIST, FashionMNIST
@@ -21,6 +22,7 @@ __all__ = [
     "BenchmarkDataModule",
     "Cars196",
     "ClassBalancedBatchSampler",
+    "ClassPairTripletSampler",
     "Digits",
     "FashionMNIST",
     "ImageCSV",

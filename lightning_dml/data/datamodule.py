@@ -1,4 +1,4 @@
-"""``RetrievalDataModule``: splits, transforms, the class-balanced sampler and the evaluation sets."""
+"""``RetrievalDataModule``: splits, transforms, the training batch sampler and the evaluation sets."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.transforms import v2
 
 from lightning_dml.data.base import ImageSource, RetrievalDataset
+from lightning_dml.data.pair_triplets import ClassPairTripletSampler
 from lightning_dml.data.sampler import ClassBalancedBatchSampler
 from lightning_dml.data.splits import check_disjoint_classes, hold_out_classes, hold_out_images
 from lightning_dml.errors import DataError
 
-Protocol = Literal["zero_shot", "closed_set"]
+Protocol = Literal["zero_shot", "closed_set", "closed_set_train_reference"]
+TrainSampler = Literal["class_balanced", "class_pair_triplets"]
 Validation = Literal["seen", "unseen", "test"]
 Stage = Literal["validate", "test", "predict"]
 
@@ -29,8 +31,9 @@ class RetrievalDataModule(L.LightningDataModule):
     ``num_channels``, ``image_size``, ``mean`` and ``std``.
 
     Args:
-        classes_per_batch: P, distinct classes in each training batch.
-        samples_per_class: K, images of each class in a training batch (batch size P·K).
+        classes_per_batch: P, distinct classes in each training batch (``class_balanced``).
+        samples_per_class: K, images of each class in a training batch (batch size P·K); with
+            ``class_pair_triplets`` it is b, the triplets per batch (batch size 3b).
         eval_batch_size: batch size for validation, test and predict.
         validation: which evaluation sets are checked during training, each logged under its own name
             (``val`` when there is one, else ``val_seen`` / ``val_unseen`` / ``val_test``):
@@ -39,7 +42,15 @@ class RetrievalDataModule(L.LightningDataModule):
             (test-set feedback: fine for monitoring, not for model selection in a paper).
         val_classes: training classes held out for ``unseen``: a fraction if < 1, else a count.
         val_images: fraction of each training class's images held out for ``seen``.
-        protocol: ``zero_shot`` (train and test classes disjoint, checked at ``setup``) or ``closed_set``.
+        protocol: ``zero_shot`` (train and test classes disjoint, checked at ``setup``), ``closed_set``
+            (the same classes, test images evaluated leave-one-out) or ``closed_set_train_reference`` (the
+            G-DML paper's: the closed-set split, the test images as queries searched among the training
+            images as gallery, both with evaluation transforms).
+        train_sampler: ``class_balanced`` (P classes × K images per batch) or ``class_pair_triplets``
+            (GEMINI: one ordered class pair's b triplets per batch, a fixed plan replayed every epoch).
+        raw_pixels: feed float pixel values in 0–255, without scaling or normalisation (the GEMINI teacher's
+            input scale), to the default transforms.
+        augment: apply the dataset's training augmentation in the default training transform.
         train_transform: transform for training images; ``None`` gives the dataset's default.
         eval_transform: transform for evaluation images; ``None`` gives the dataset's default.
         num_workers: data loader worker processes.
@@ -60,6 +71,9 @@ class RetrievalDataModule(L.LightningDataModule):
         val_classes: float = 0.2,
         val_images: float = 0.2,
         protocol: Protocol = "zero_shot",
+        train_sampler: TrainSampler = "class_balanced",
+        raw_pixels: bool = False,
+        augment: bool = True,
         train_transform: Callable | None = None,
         eval_transform: Callable | None = None,
         num_workers: int = 0,
@@ -74,7 +88,12 @@ class RetrievalDataModule(L.LightningDataModule):
         self.validation = list(validation)
         self.val_classes = val_classes
         self.val_images = val_images
-        self.protocol = protocol
+        # subclasses split the classes by ``self.protocol``; the train-reference protocol splits as closed_set
+        self.protocol_name = protocol
+        self.protocol = "closed_set" if protocol == "closed_set_train_reference" else protocol
+        self.train_sampler = train_sampler
+        self.raw_pixels = raw_pixels
+        self.augment = augment
         self.train_transform = train_transform
         self.eval_transform = eval_transform
         self.num_workers = num_workers
@@ -111,16 +130,15 @@ class RetrievalDataModule(L.LightningDataModule):
         return []
 
     def default_transforms(self, train: bool) -> Callable:
-        """Return conversion to float and normalisation by ``mean``/``std``, augmenting first if ``train``."""
-        augmentation = self.train_augmentation() if train else []
-        return v2.Compose(
-            [
-                v2.ToImage(),
-                *augmentation,
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(self.mean, self.std),
-            ]
+        """Return conversion to float and normalisation by ``mean``/``std`` (or raw 0–255 values with
+        ``raw_pixels``), augmenting first if ``train`` and ``augment``."""
+        augmentation = self.train_augmentation() if train and self.augment else []
+        scaling = (
+            [v2.ToDtype(torch.float32, scale=False)]
+            if self.raw_pixels
+            else [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
         )
+        return v2.Compose([v2.ToImage(), *augmentation, *scaling])
 
     @property
     def num_train_classes(self) -> int:
@@ -152,6 +170,8 @@ class RetrievalDataModule(L.LightningDataModule):
         self.test_set = test.select(
             torch.arange(len(test)), eval_t, is_query=test.is_query, is_gallery=test.is_gallery
         )
+        if self.protocol_name == "closed_set_train_reference":
+            self.test_set = queries_against_training_images(self.test_set, self.train_set, eval_t)
         names = ["val"] if len(self.validation) == 1 else [f"val_{v}" for v in self.validation]
         self.val_sets = {
             name: self.test_set
@@ -170,7 +190,7 @@ class RetrievalDataModule(L.LightningDataModule):
         """Return a short table of images and classes per split and the protocol."""
         sets = {"train": self.train_set, **self.val_sets, "test": self.test_set}
         rows = [f"{name:<12}{len(ds):>9}{ds.num_classes:>9}" for name, ds in sets.items()]
-        header = f"{type(self).__name__} ({self.protocol})\n{'set':<12}{'images':>9}{'classes':>9}"
+        header = f"{type(self).__name__} ({self.protocol_name})\n{'set':<12}{'images':>9}{'classes':>9}"
         return "\n".join([header, *rows])
 
     def evaluation_sets(self, stage: Stage) -> dict[str, RetrievalDataset]:
@@ -179,14 +199,17 @@ class RetrievalDataModule(L.LightningDataModule):
         return self.val_sets if stage == "validate" else {"test": self.test_set}
 
     def train_dataloader(self) -> DataLoader:
-        """Class-balanced batches (P classes × K images), distinct whole batches on each DDP rank.
+        """Batches of ``train_sampler``, distinct whole batches on each DDP rank.
 
         Under DDP the trainer needs ``use_distributed_sampler=False`` (the CLI's default): the batch sampler
         shards itself.
         """
-        sampler = ClassBalancedBatchSampler(
-            self.train_set.labels, self.classes_per_batch, self.samples_per_class, seed=self.seed
-        )
+        if self.train_sampler == "class_pair_triplets":
+            sampler = ClassPairTripletSampler(self.train_set.labels, self.samples_per_class, seed=self.seed)
+        else:
+            sampler = ClassBalancedBatchSampler(
+                self.train_set.labels, self.classes_per_batch, self.samples_per_class, seed=self.seed
+            )
         return DataLoader(
             self.train_set,
             batch_sampler=sampler,
@@ -220,3 +243,49 @@ class RetrievalDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """The test set's loader (embeddings of every test image, in order)."""
         return self._eval_loader(self.test_set)
+
+
+class ConcatenatedImages(ImageSource):
+    """The images of several sources one after the other (positions continue from one to the next)."""
+
+    def __init__(self, sources: Sequence[ImageSource]) -> None:
+        self.sources = list(sources)
+        self.labels = torch.cat([source.labels for source in self.sources])
+        self.starts = torch.tensor([0, *(len(source) for source in self.sources)]).cumsum(0)
+
+    def _locate(self, i: int) -> tuple[ImageSource, int]:
+        which = int(torch.searchsorted(self.starts, i, right=True)) - 1
+        return self.sources[which], i - int(self.starts[which])
+
+    def load(self, i: int) -> object:
+        """Return image ``i`` of the concatenation, untransformed."""
+        source, position = self._locate(i)
+        return source.load(position)
+
+    def describe(self, i: int) -> str:
+        """Return the name of image ``i`` in its own source."""
+        source, position = self._locate(i)
+        return source.describe(position)
+
+
+def queries_against_training_images(
+    test: RetrievalDataset, train: RetrievalDataset, transform: Callable
+) -> RetrievalDataset:
+    """One evaluation set: the test images as queries, the training images as gallery (labels = class ids)."""
+    combined = ConcatenatedImages([_SelectedImages(test), _SelectedImages(train)])
+    is_query = torch.arange(len(combined)) < len(test)
+    return RetrievalDataset(combined, None, transform, is_query=is_query, is_gallery=~is_query)
+
+
+class _SelectedImages(ImageSource):
+    """The images of a dataset view as a source of their own, labelled by class id."""
+
+    def __init__(self, view: RetrievalDataset) -> None:
+        self.view = view
+        self.labels = view.class_ids
+
+    def load(self, i: int) -> object:
+        return self.view.source.load(int(self.view.indices[i]))
+
+    def describe(self, i: int) -> str:
+        return self.view.describe(i)

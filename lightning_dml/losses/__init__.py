@@ -7,5 +7,6 @@ ref_labels=None)``. Any loss PML already has is used directly by ``class_path``
 
 from lightning_dml.losses.binomial_deviance import BinomialDevianceLoss
 from lightning_dml.losses.deml import DeMLAdversary
+from lightning_dml.losses.gemini import GeminiLoss, TargetDistanceLoss
 
-__all__ = ["BinomialDevianceLoss", "DeMLAdversary"]
+__all__ = ["BinomialDevianceLoss", "DeMLAdversary", "GeminiLoss", "TargetDistanceLoss"]

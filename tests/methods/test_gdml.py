@@ -1,0 +1,117 @@
+"""GeminiTeacher and GuidedStudent: the targets file, its fingerprint check, targets from a checkpoint."""
+
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_dml.data import Digits
+from lightning_dml.data.fingerprint import dataset_fingerprint
+from lightning_dml.errors import DataError
+from lightning_dml.methods import GeminiTeacher, GuidedStudent
+from lightning_dml.methods.gdml import TARGETS_FILE, load_targets, raw_pixel_transform, stream_targets
+from lightning_dml.models import SmallCNN
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine torch's second thread mostly waits (25x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def teacher_data(**kwargs) -> Digits:
+    return Digits(
+        protocol="closed_set",
+        validation=[],
+        train_sampler="class_pair_triplets",
+        samples_per_class=4,
+        raw_pixels=True,
+        augment=False,
+        **kwargs,
+    )
+
+
+def trainer(tmp_path: Path, **kwargs) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=1,
+        logger=CSVLogger(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory) -> tuple[GeminiTeacher, Digits, L.Trainer]:
+    tmp_path = tmp_path_factory.mktemp("teacher")
+    torch.manual_seed(0)
+    model = GeminiTeacher(10, image_size=8, padding=2, optimizer=partial(torch.optim.SGD, lr=1e-3))
+    data = teacher_data()
+    run = trainer(tmp_path, limit_train_batches=6)
+    run.fit(model, datamodule=data)
+    return model, data, run
+
+
+def student(teacher: str) -> GuidedStudent:
+    return GuidedStudent(SmallCNN(1, (8, 16)), teacher, optimizer=partial(torch.optim.SGD, lr=0.1))
+
+
+def test_targets_file_round_trips_with_the_training_set_fingerprint(teacher_run):
+    model, data, run = teacher_run
+    content = load_targets(Path(run.log_dir) / TARGETS_FILE)
+    assert content["fingerprint"] == dataset_fingerprint(data.train_set)
+    assert content["targets"].shape == (len(data.train_set), 2)
+    torch.testing.assert_close(content["labels"], data.train_set.labels)
+    recomputed = stream_targets(model.network, data.train_set, raw_pixel_transform())
+    torch.testing.assert_close(content["targets"], recomputed)
+    assert 0.0 <= float(run.callback_metrics["train/target_1nn_accuracy"]) <= 1.0
+    assert not list(Path(run.log_dir).glob("*.partial"))
+
+
+def test_student_refuses_targets_of_another_split(teacher_run, tmp_path):
+    _, data, run = teacher_run
+    other = Digits(protocol="closed_set", validation=[], augment=False, seed=1)
+    other.setup()
+    with pytest.raises(DataError) as error:
+        trainer(tmp_path).fit(student(str(Path(run.log_dir) / TARGETS_FILE)), datamodule=other)
+    message = str(error.value)
+    assert dataset_fingerprint(data.train_set) in message and dataset_fingerprint(other.train_set) in message
+    assert "\n" not in message and "retrain the teacher" in message
+
+
+def test_student_computes_missing_targets_from_the_teacher_checkpoint(teacher_run, tmp_path):
+    _, _, run = teacher_run
+    targets_path = Path(run.log_dir) / TARGETS_FILE
+    saved = load_targets(targets_path)["targets"]
+    targets_path.rename(tmp_path / "kept.pt")
+    try:
+        checkpoint = next(Path(run.log_dir).glob("checkpoints/*.ckpt"))
+        model = student(str(checkpoint))
+        data = Digits(protocol="closed_set", validation=[], augment=False)
+        trainer(tmp_path, limit_train_batches=2).fit(model, datamodule=data)
+        torch.testing.assert_close(model.targets, saved)
+        torch.testing.assert_close(load_targets(targets_path)["targets"], saved)
+    finally:
+        (tmp_path / "kept.pt").replace(targets_path)
+
+
+def test_teacher_refuses_a_data_module_without_class_pair_triplets(tmp_path):
+    model = GeminiTeacher(10, image_size=8, padding=2)
+    data = Digits(protocol="closed_set", validation=[], raw_pixels=True)
+    with pytest.raises(DataError, match="class-pair triplets"):
+        trainer(tmp_path).fit(model, datamodule=data)
+
+
+def test_a_file_that_is_not_a_targets_file_is_refused(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(DataError, match="not a G-DML targets file"):
+        load_targets(tmp_path / "other.pt")
+    with pytest.raises(DataError, match="run the teacher stage first"):
+        load_targets(tmp_path / "missing.pt")
