@@ -88,9 +88,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.validation = list(validation)
         self.val_classes = val_classes
         self.val_images = val_images
-        # subclasses split the classes by ``self.protocol``; the train-reference protocol splits as closed_set
-        self.protocol_name = protocol
-        self.protocol = "closed_set" if protocol == "closed_set_train_reference" else protocol
+        self.protocol = protocol
         self.train_sampler = train_sampler
         self.raw_pixels = raw_pixels
         self.augment = augment
@@ -170,7 +168,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.test_set = test.select(
             torch.arange(len(test)), eval_t, is_query=test.is_query, is_gallery=test.is_gallery
         )
-        if self.protocol_name == "closed_set_train_reference":
+        if self.protocol == "closed_set_train_reference":
             self.test_set = queries_against_training_images(self.test_set, self.train_set, eval_t)
         names = ["val"] if len(self.validation) == 1 else [f"val_{v}" for v in self.validation]
         self.val_sets = {
@@ -190,7 +188,7 @@ class RetrievalDataModule(L.LightningDataModule):
         """Return a short table of images and classes per split and the protocol."""
         sets = {"train": self.train_set, **self.val_sets, "test": self.test_set}
         rows = [f"{name:<12}{len(ds):>9}{ds.num_classes:>9}" for name, ds in sets.items()]
-        header = f"{type(self).__name__} ({self.protocol_name})\n{'set':<12}{'images':>9}{'classes':>9}"
+        header = f"{type(self).__name__} ({self.protocol})\n{'set':<12}{'images':>9}{'classes':>9}"
         return "\n".join([header, *rows])
 
     def evaluation_sets(self, stage: Stage) -> dict[str, RetrievalDataset]:

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import Sampler
 
+from lightning_dml.data.sampler import ShardedBatchSampler
 from lightning_dml.errors import DataError
 
 
-class ClassPairTripletSampler(Sampler[list[int]]):
+class ClassPairTripletSampler(ShardedBatchSampler):
     """Yield one batch per ordered class pair ``(i, j)``, ``i != j``: ``[a_1..a_b, p_1..p_b, n_1..n_b]``.
 
     The b anchors and b positives are 2b distinct images of class i, the b negatives b distinct images of
     class j. The pairs are shuffled once and the whole plan is drawn once from ``seed``, then replayed in the
-    same order every epoch (GEMINI's fixed triplet set). Under DDP rank ``r`` of ``W`` takes whole batches
-    ``r, r + W, ...``, truncated so all ranks yield the same number (as ``ClassBalancedBatchSampler``);
-    set ``Trainer(use_distributed_sampler=False)``.
+    same order every epoch (GEMINI's fixed triplet set); ranks share it out as :class:`ShardedBatchSampler`
+    says.
     """
 
     def __init__(
@@ -31,6 +29,7 @@ class ClassPairTripletSampler(Sampler[list[int]]):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
+        super().__init__(num_replicas, rank)
         labels = torch.as_tensor(labels, dtype=torch.long).flatten()
         classes, counts = labels.unique(return_counts=True)
         if triplets_per_batch < 1:
@@ -56,42 +55,10 @@ class ClassPairTripletSampler(Sampler[list[int]]):
             batches.append(torch.cat([same, other]))
         self.plan = torch.stack(batches)
         self.triplets_per_batch = triplets_per_batch
-        self.num_replicas = num_replicas
-        self.rank = rank
 
-    @property
-    def sampler(self) -> ClassPairTripletSampler:
-        """This sampler itself, for Lightning's ``set_epoch`` call on ``batch_sampler.sampler``."""
-        return self
-
-    def set_epoch(self, epoch: int) -> None:
-        """Nothing to do: every epoch replays the same plan."""
-
-    def __iter__(self) -> Iterator[list[int]]:
-        """Yield this rank's batches as lists of dataset positions, in the fixed order."""
-        for batch in self._rank_batches():
-            yield batch.tolist()
-
-    def __len__(self) -> int:
-        """Number of batches this rank yields per epoch."""
-        return len(self._rank_batches())
-
-    def _rank_batches(self) -> Tensor:
-        world_size, rank = world(self.num_replicas, self.rank)
-        per_rank = len(self.plan) // world_size
-        return self.plan[rank::world_size][:per_rank]
-
-
-def world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
-    """``(world size, rank)``: the given values, else ``torch.distributed``'s, else ``(1, 0)``."""
-    initialised = dist.is_available() and dist.is_initialized()
-    if num_replicas is None:
-        num_replicas = dist.get_world_size() if initialised else 1
-    if rank is None:
-        rank = dist.get_rank() if initialised else 0
-    if not 0 <= rank < num_replicas:
-        raise DataError(f"rank={rank} is outside num_replicas={num_replicas}; pass 0 <= rank < num_replicas")
-    return num_replicas, rank
+    def epoch_plan(self) -> Tensor:
+        """The fixed plan, the same every epoch: ``(num_pairs, 3b)`` positions."""
+        return self.plan
 
 
 def split_triplets(batch_size: int) -> tuple[Tensor, Tensor, Tensor]:

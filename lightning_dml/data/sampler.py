@@ -15,48 +15,26 @@ from lightning_dml.errors import DataError
 _MAX_LISTED_CLASSES = 10
 
 
-class ClassBalancedBatchSampler(Sampler[list[int]]):
-    """Yield batches of ``classes_per_batch`` (P) distinct classes × ``samples_per_class`` (K) positions.
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Base of the batch samplers: a subclass plans an epoch's batches, this class shards them across ranks.
 
-    The K positions of a class are consecutive in a batch. Each epoch, every class's images are shuffled
-    and cut into groups of K (the last group topped up with other images of the same class); batches take
-    P groups of P distinct classes, drawn in proportion to the groups each class has left; groups that
-    cannot fill a batch are dropped. The plan depends only on ``(seed, epoch)``, so every rank computes
-    the same global list and rank ``r`` of ``W`` takes whole batches ``r, r + W, ...``, truncated so all
-    ranks yield the same number. ``num_replicas`` / ``rank`` left ``None`` are read from
+    Every rank computes the same plan, so rank ``r`` of ``W`` takes whole batches ``r, r + W, ...``,
+    truncated so all ranks yield the same number. ``num_replicas`` / ``rank`` left ``None`` are read from
     ``torch.distributed`` when iterating (1 / 0 if it is not initialised). Under Lightning set
-    ``Trainer(use_distributed_sampler=False)``: this sampler does the distributed split itself.
+    ``Trainer(use_distributed_sampler=False)``: these samplers do the distributed split themselves.
     """
 
-    def __init__(
-        self,
-        labels: Tensor | Sequence[int],
-        classes_per_batch: int,
-        samples_per_class: int,
-        seed: int = 0,
-        num_replicas: int | None = None,
-        rank: int | None = None,
-    ) -> None:
-        if classes_per_batch < 1 or samples_per_class < 1:
-            raise DataError(
-                f"classes_per_batch={classes_per_batch} and samples_per_class={samples_per_class} "
-                "must both be at least 1"
-            )
-        labels = torch.as_tensor(labels, dtype=torch.long).flatten()
-        class_ids, counts = labels.unique(return_counts=True)
-        _check_class_sizes(class_ids, counts, classes_per_batch, samples_per_class)
-        order = labels.argsort(stable=True)
-        self.positions_per_class: list[Tensor] = list(order.split(counts.tolist()))
-        self.classes_per_batch = classes_per_batch
-        self.samples_per_class = samples_per_class
-        self.seed = seed
+    def __init__(self, num_replicas: int | None = None, rank: int | None = None) -> None:
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
-        self._cached_plan: tuple[int, Tensor] | None = None
+
+    def epoch_plan(self) -> Tensor:
+        """All batches of the current epoch as a ``(num_batches, batch_size)`` tensor of positions."""
+        raise NotImplementedError
 
     @property
-    def sampler(self) -> ClassBalancedBatchSampler:
+    def sampler(self) -> ShardedBatchSampler:
         """This sampler itself, because Lightning calls ``set_epoch`` on ``batch_sampler.sampler`` only."""
         return self
 
@@ -74,26 +52,60 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         return len(self._rank_batches())
 
     def _rank_batches(self) -> Tensor:
-        world_size, rank = self._world()
-        plan = self._global_plan()
+        world_size, rank = world(self.num_replicas, self.rank)
+        plan = self.epoch_plan()
         per_rank = len(plan) // world_size
         return plan[rank::world_size][:per_rank]
 
-    def _world(self) -> tuple[int, int]:
-        initialised = dist.is_available() and dist.is_initialized()
-        world_size = (
-            self.num_replicas
-            if self.num_replicas is not None
-            else (dist.get_world_size() if initialised else 1)
-        )
-        rank = self.rank if self.rank is not None else (dist.get_rank() if initialised else 0)
-        if not 0 <= rank < world_size:
-            raise DataError(
-                f"rank={rank} is outside num_replicas={world_size}; pass 0 <= rank < num_replicas"
-            )
-        return world_size, rank
 
-    def _global_plan(self) -> Tensor:
+def world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    """``(world size, rank)``: the given values, else ``torch.distributed``'s, else ``(1, 0)``."""
+    initialised = dist.is_available() and dist.is_initialized()
+    if num_replicas is None:
+        num_replicas = dist.get_world_size() if initialised else 1
+    if rank is None:
+        rank = dist.get_rank() if initialised else 0
+    if not 0 <= rank < num_replicas:
+        raise DataError(f"rank={rank} is outside num_replicas={num_replicas}; pass 0 <= rank < num_replicas")
+    return num_replicas, rank
+
+
+class ClassBalancedBatchSampler(ShardedBatchSampler):
+    """Yield batches of ``classes_per_batch`` (P) distinct classes × ``samples_per_class`` (K) positions.
+
+    The K positions of a class are consecutive in a batch. Each epoch, every class's images are shuffled
+    and cut into groups of K (the last group topped up with other images of the same class); batches take
+    P groups of P distinct classes, drawn in proportion to the groups each class has left; groups that
+    cannot fill a batch are dropped. The plan depends only on ``(seed, epoch)``; ranks share it out as
+    :class:`ShardedBatchSampler` says.
+    """
+
+    def __init__(
+        self,
+        labels: Tensor | Sequence[int],
+        classes_per_batch: int,
+        samples_per_class: int,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        super().__init__(num_replicas, rank)
+        if classes_per_batch < 1 or samples_per_class < 1:
+            raise DataError(
+                f"classes_per_batch={classes_per_batch} and samples_per_class={samples_per_class} "
+                "must both be at least 1"
+            )
+        labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+        class_ids, counts = labels.unique(return_counts=True)
+        _check_class_sizes(class_ids, counts, classes_per_batch, samples_per_class)
+        order = labels.argsort(stable=True)
+        self.positions_per_class: list[Tensor] = list(order.split(counts.tolist()))
+        self.classes_per_batch = classes_per_batch
+        self.samples_per_class = samples_per_class
+        self.seed = seed
+        self._cached_plan: tuple[int, Tensor] | None = None
+
+    def epoch_plan(self) -> Tensor:
         """All batches of the current epoch as a ``(num_batches, P * K)`` tensor, cached per epoch."""
         if self._cached_plan is None or self._cached_plan[0] != self.epoch:
             self._cached_plan = (self.epoch, self._build_plan(self.epoch))

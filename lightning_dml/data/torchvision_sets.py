@@ -58,7 +58,7 @@ class TorchvisionDataModule(RetrievalDataModule):
     def build(self) -> tuple[RetrievalDataset, RetrievalDataset]:
         """Load the training and test files once each and split them by the protocol."""
         train, test = self.load(train=True), self.load(train=False)
-        if self.protocol == "closed_set":
+        if self.protocol != "zero_shot":
             return RetrievalDataset(train), RetrievalDataset(test)
         train_classes = first_half_of_classes(train.labels)
         return (

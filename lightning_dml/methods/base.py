@@ -84,10 +84,11 @@ class RetrievalModule(L.LightningModule):
         return self.validation_step(batch, batch_idx, dataloader_idx)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep modules passed from Python out of the saved hyper-parameters, so that every checkpoint loads
-        with ``weights_only=True`` (CLI runs store their configuration there instead)."""
+        """Keep modules and factories (optimizer partials) passed from Python out of the saved
+        hyper-parameters, so that every checkpoint loads with ``weights_only=True`` (CLI runs store their
+        configuration there instead)."""
         hparams = checkpoint.get("hyper_parameters", {})
-        for key in [key for key, value in hparams.items() if isinstance(value, torch.nn.Module)]:
+        for key in [key for key, value in hparams.items() if callable(value)]:
             del hparams[key]
 
     def parameter_groups(self) -> list[dict[str, Any]]:

@@ -159,10 +159,6 @@ class GeminiTeacher(RetrievalModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store what a student needs to rebuild the network and check the data (no pickled objects)."""
         super().on_save_checkpoint(checkpoint)
-        # optimizer factories passed from Python (functools.partial) would stop weights_only loading
-        hparams = checkpoint.get("hyper_parameters", {})
-        for key in [key for key, value in hparams.items() if callable(value)]:
-            del hparams[key]
         checkpoint["gemini"] = {
             "network": dict(self.network_args),
             "raw_pixels": self.raw_pixels,
