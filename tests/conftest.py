@@ -7,12 +7,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def quick_args(tmp_path: Path) -> list[str]:
-    """Arguments that make the quickstart config run in seconds, logging under ``tmp_path``."""
+def quick_cli_args(runs: Path, config: str = "configs/quickstart.yaml") -> list[str]:
+    """Arguments that make a config run one quiet epoch in seconds, logging under ``runs``."""
     return [
         "--config",
-        str(REPO / "configs/quickstart.yaml"),
+        str(REPO / config),
         "--trainer.max_epochs",
         "1",
         "--trainer.enable_progress_bar",
@@ -20,5 +19,11 @@ def quick_args(tmp_path: Path) -> list[str]:
         "--trainer.enable_model_summary",
         "false",
         "--trainer.logger.init_args.save_dir",
-        str(tmp_path / "runs"),
+        str(runs),
     ]
+
+
+@pytest.fixture
+def quick_args(tmp_path: Path) -> list[str]:
+    """:func:`quick_cli_args` for the quickstart config, logging under ``tmp_path``."""
+    return quick_cli_args(tmp_path / "runs")

@@ -13,7 +13,7 @@ from lightning_dml.data import Digits
 from lightning_dml.retrieval import load_embedder
 from tests.cli.test_cli import run
 from tests.cli.test_ddp_cli import DDP
-from tests.conftest import REPO
+from tests.conftest import quick_cli_args
 
 # Digits 4–9 are 1,077 test images: not divisible by 2 ranks nor by the batch of 100, so DDP pads.
 DATA = ["--data.init_args.train_classes", "[0, 1, 2, 3]", "--data.init_args.eval_batch_size", "100"]
@@ -27,27 +27,11 @@ SHORT_FIT = [
 ]
 
 
-def quiet_args(runs: str) -> list[str]:
-    """The quickstart config, one epoch, without progress bar and summary, logging under ``runs``."""
-    return [
-        "--config",
-        str(REPO / "configs/quickstart.yaml"),
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        "--trainer.logger.init_args.save_dir",
-        runs,
-    ]
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A short CLI training run: its working folder, arguments and last checkpoint."""
     folder = tmp_path_factory.mktemp("run")
-    args = quiet_args(str(folder / "runs"))
+    args = quick_cli_args(folder / "runs")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
         DMLCLI(args=["fit", *args, *SHORT_FIT])

@@ -11,8 +11,7 @@ from lightning_dml.cli import DMLCLI
 from lightning_dml.losses.deml import activation_penalty, hinge_adversary_loss, unit_row_norm_penalty
 from lightning_dml.methods import DeML
 from lightning_dml.models import SplitSmallCNN
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO, quick_cli_args
 
 
 def small_deml(**kwargs) -> DeML:
@@ -87,22 +86,13 @@ def test_u512_switches_leave_a_single_plain_learner() -> None:
 
 @pytest.fixture
 def deml_digits_args(tmp_path: Path) -> list[str]:
-    """quick_args-style arguments for the DeML digits config: one short epoch, logs under ``tmp_path``."""
+    """:func:`quick_cli_args` for the DeML digits config, 3 batches, logging every step."""
     return [
-        "--config",
-        str(REPO / "configs/deml/digits.yaml"),
-        "--trainer.max_epochs",
-        "1",
+        *quick_cli_args(tmp_path / "runs", "configs/deml/digits.yaml"),
         "--trainer.limit_train_batches",
         "3",
         "--trainer.log_every_n_steps",
         "1",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path / "runs"),
     ]
 
 
