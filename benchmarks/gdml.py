@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.runner import RESULTS, Entry, run_grid, save
+from benchmarks.runner import RESULTS, Entry, run_cli, run_grid, save, test_results
 from lightning_dml.callbacks import RetrievalEvaluation
 from lightning_dml.callbacks.plots import plot_embeddings_2d
 from lightning_dml.cli import DMLCLI
@@ -94,8 +94,6 @@ def common_args(protocol: str) -> list[str]:
         "[]",
         "--trainer.max_epochs",
         str(EPOCHS),
-        "--trainer.enable_progress_bar",
-        "false",
         "--trainer.enable_model_summary",
         "false",
         "--data.init_args.classes_per_batch",
@@ -114,17 +112,9 @@ def backbone_args() -> list[str]:
     return ["--model.init_args.backbone.init_args.width", str(WIDTH)]
 
 
-def run_cli(args: list[str], seed: int, runs: str) -> DMLCLI:
-    """Run ``lightning-dml fit ARGS`` with the seed, logging under ``runs``."""
-    return DMLCLI(
-        args=["fit", *args, "--seed_everything", str(seed), "--trainer.logger.init_args.save_dir", runs]
-    )
-
-
 def test_metrics(cli: DMLCLI, plot_name: str, seed: int) -> dict[str, float]:
     """The run's ``test/*`` metrics; for seed 0 also save the scatter plot of the test queries."""
-    metrics = cli.trainer.callback_metrics
-    result = {key.removeprefix("test/"): float(v) for key, v in metrics.items() if key.startswith("test/")}
+    result = test_results(cli)
     if seed == 0:
         evaluation = next(c for c in cli.trainer.callbacks if isinstance(c, RetrievalEvaluation))
         outputs = evaluation.last_outputs["test"]
@@ -143,6 +133,7 @@ def gdml_entry(protocol_name: str) -> Entry:
     def run(seed: int) -> dict[str, float]:
         with tempfile.TemporaryDirectory() as runs:
             teacher = run_cli(
+                "fit",
                 [
                     "--config",
                     str(CONFIGS / "fashion_mnist_teacher.yaml"),
@@ -159,6 +150,7 @@ def gdml_entry(protocol_name: str) -> Entry:
             )
             accuracy = float(teacher.trainer.callback_metrics["train/target_1nn_accuracy"])
             student = run_cli(
+                "fit",
                 [
                     "--config",
                     str(CONFIGS / "fashion_mnist_student.yaml"),
@@ -191,7 +183,7 @@ def baseline_entry(loss: str, protocol_name: str) -> Entry:
                 *common_args(protocol),
                 *backbone_args(),
             ]
-            return test_metrics(run_cli(args, seed, runs), f"{loss}, {protocol_name}", seed)
+            return test_metrics(run_cli("fit", args, seed, runs), f"{loss}, {protocol_name}", seed)
 
     return Entry(f"{loss} ({protocol_name})", run)
 

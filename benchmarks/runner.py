@@ -38,24 +38,31 @@ def cli_entry(name: str, subcommand: str, *args: str) -> Entry:
 
     def run(seed: int) -> dict[str, float]:
         with tempfile.TemporaryDirectory() as runs:
-            cli = DMLCLI(
-                args=[
-                    subcommand,
-                    *args,
-                    "--seed_everything",
-                    str(seed),
-                    "--trainer.enable_progress_bar",
-                    "false",
-                    "--trainer.logger.init_args.save_dir",
-                    runs,
-                ]
-            )
-            metrics = cli.trainer.callback_metrics
-            return {
-                key.removeprefix("test/"): float(v) for key, v in metrics.items() if key.startswith("test/")
-            }
+            return test_results(run_cli(subcommand, list(args), seed, runs))
 
     return Entry(name, run)
+
+
+def run_cli(subcommand: str, args: list[str], seed: int, runs: str) -> DMLCLI:
+    """Run ``lightning-dml SUBCOMMAND ARGS`` quietly with the seed, logging under ``runs``."""
+    return DMLCLI(
+        args=[
+            subcommand,
+            *args,
+            "--seed_everything",
+            str(seed),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.logger.init_args.save_dir",
+            runs,
+        ]
+    )
+
+
+def test_results(cli: DMLCLI) -> dict[str, float]:
+    """The run's ``test/*`` metrics, without the prefix."""
+    metrics = cli.trainer.callback_metrics
+    return {key.removeprefix("test/"): float(v) for key, v in metrics.items() if key.startswith("test/")}
 
 
 def confidence_interval(values: Sequence[float]) -> tuple[float, float]:

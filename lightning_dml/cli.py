@@ -108,11 +108,11 @@ class DMLCLI(LightningCLI):
         args = logger.init_args
         if "save_dir" not in args or args.get("version") is not None:
             return
-        runs = sorted(Path(args.save_dir, args.get("name") or "").glob("version_*/checkpoints/last.ckpt"))
-        if runs:
-            newest = max(runs, key=lambda path: int(path.parts[-3].removeprefix("version_")))
-            args.version = int(newest.parts[-3].removeprefix("version_"))
-            config.ckpt_path = str(newest)
+        runs = Path(args.save_dir, args.get("name") or "").glob("version_*/checkpoints/last.ckpt")
+        versions = {int(path.parts[-3].removeprefix("version_")): path for path in runs}
+        if versions:
+            args.version = max(versions)
+            config.ckpt_path = str(versions[args.version])
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """Build the trainer with the run summary, and a rich progress bar showing the key metric unless the

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,3 +28,12 @@ def quick_cli_args(runs: Path, config: str = "configs/quickstart.yaml") -> list[
 def quick_args(tmp_path: Path) -> list[str]:
     """:func:`quick_cli_args` for the quickstart config, logging under ``tmp_path``."""
     return quick_cli_args(tmp_path / "runs")
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine torch's second thread mostly waits (25x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -27,7 +27,7 @@ import yaml
 
 from lightning_dml.cli import DMLCLI
 from lightning_dml.data.sampler import ClassBalancedBatchSampler
-from tests.conftest import REPO
+from tests.conftest import REPO, quick_cli_args
 
 DOCKERFILES = [REPO / "docker/Dockerfile", REPO / "docker/Dockerfile.cpu"]
 SBATCH = REPO / "cluster/slurm_ddp.sbatch"
@@ -57,21 +57,23 @@ PIP_OPTIONS_WITH_VALUE = {
     "--platform",
     "--python-version",
 }
-# Two CPU processes instead of GPUs, one quick epoch; appended after the scripts' own arguments.
-CPU_RUN = [
-    "--trainer.accelerator",
-    "cpu",
-    "--trainer.sync_batchnorm",
-    "false",  # PyTorch's SyncBatchNorm needs GPUs
-    "--trainer.max_epochs",
-    "1",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.enable_model_summary",
-    "false",
-    "--test_after_fit",
-    "false",
-]
+
+
+def cpu_run(runs: Path) -> list[str]:
+    """Two CPU processes instead of GPUs, one quick epoch logging under ``runs``; appended after the
+    scripts' own arguments (the scripts pass ``--config`` themselves, so ``quick_cli_args``' is dropped)."""
+    cpu_only = ["--trainer.accelerator", "cpu", "--test_after_fit", "false"]
+    cpu_only += ["--trainer.sync_batchnorm", "false"]  # PyTorch's SyncBatchNorm needs GPUs
+    return [*cpu_only, *quick_cli_args(runs)[2:]]
+
+
+def run_launch_script(
+    script: Path, env: dict[str, str], cwd: Path, runs: Path
+) -> subprocess.CompletedProcess:
+    """Run a launch script with :func:`cpu_run` arguments, as the two-process tests do."""
+    return subprocess.run(
+        ["bash", str(script), *cpu_run(runs)], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def local_pip_installs(command: str) -> list[tuple[bool, str]]:
@@ -309,15 +311,7 @@ def test_torchrun_script_trains_with_two_processes(tmp_path):
         "RDZV_ENDPOINT": f"localhost:{free_port()}",
         "RDZV_ID": tmp_path.name,
     }
-    save_dir = ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
-    result = subprocess.run(
-        ["bash", str(TORCHRUN), *CPU_RUN, *save_dir],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_launch_script(TORCHRUN, env, REPO, tmp_path / "runs")
     assert_two_process_run(result, tmp_path / "runs")
 
 
@@ -346,13 +340,5 @@ def test_sbatch_script_trains_with_two_slurm_tasks(tmp_path):
         "SLURM_CPUS_PER_TASK": "0",
         "MASTER_PORT": str(free_port()),
     }
-    save_dir = ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
-    result = subprocess.run(
-        ["bash", str(SBATCH), *CPU_RUN, *save_dir],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_launch_script(SBATCH, env, tmp_path, tmp_path / "runs")
     assert_two_process_run(result, tmp_path / "runs")

@@ -16,7 +16,6 @@ from torch.utils.data import Dataset
 
 from lightning_dml.callbacks.plots import (
     Projection,
-    average_precision_at_r,
     figure_to_image,
     plot_embeddings_2d,
     resize_square,
@@ -25,7 +24,7 @@ from lightning_dml.callbacks.plots import (
 )
 from lightning_dml.callbacks.retrieval_evaluation import RetrievalEvaluation
 from lightning_dml.errors import LightningDMLError
-from lightning_dml.metrics import exact_knn, rank_summary
+from lightning_dml.metrics import average_precision_at_r, exact_knn, rank_summary
 
 Stage = Literal["validate", "test"]
 
@@ -142,27 +141,38 @@ class RetrievalPictures(L.Callback):
         embeddings = outputs["embeddings"].float()
         on_device = {key: outputs[key].to(embeddings.device) for key in ("labels", "indices")}
         labels, indices = outputs["labels"].cpu(), outputs["indices"].cpu()
+        average_precision = torch.empty(0)  # per-query AP@R, only computed for the worst-queries grid
         if "is_query" in outputs:
             query_rows = torch.nonzero(outputs["is_query"].cpu().bool()).flatten()
             gallery_rows = torch.nonzero(outputs["is_gallery"].cpu().bool()).flatten()
             q, g = query_rows.to(embeddings.device), gallery_rows.to(embeddings.device)
-            summary = rank_summary(
-                embeddings[q],
-                on_device["labels"][q],
-                embeddings[g],
-                on_device["labels"][g],
-                query_ids=on_device["indices"][q],
-                gallery_ids=on_device["indices"][g],
-                metric=metric,
-            )
+            if self.num_worst > 0:
+                summary = rank_summary(
+                    embeddings[q],
+                    on_device["labels"][q],
+                    embeddings[g],
+                    on_device["labels"][g],
+                    query_ids=on_device["indices"][q],
+                    gallery_ids=on_device["indices"][g],
+                    metric=metric,
+                )
+                average_precision = average_precision_at_r(summary).cpu()
         else:
             query_rows = gallery_rows = torch.arange(len(labels))
-            summary = rank_summary(
-                embeddings, on_device["labels"], query_ids=on_device["indices"], metric=metric
-            )
+            if self.num_worst > 0:
+                summary = rank_summary(
+                    embeddings, on_device["labels"], query_ids=on_device["indices"], metric=metric
+                )
+                average_precision = average_precision_at_r(summary).cpu()
 
-        def grid(queries: Tensor) -> Tensor:
-            """The retrieval grid of the given output rows as queries."""
+        generator = torch.Generator().manual_seed(self.seed)
+        sample = query_rows[torch.randperm(len(query_rows), generator=generator)[: self.num_queries]]
+        worst = query_rows[worst_queries(average_precision, self.num_worst)]
+        plotted = torch.randperm(len(labels), generator=generator)[: self.max_plot_points]
+        pictures = {}
+        queries = torch.cat([sample, worst])
+        if len(queries):
+            # One k-NN search and one image load (each image once) for both grids.
             q, g = queries.to(embeddings.device), gallery_rows.to(embeddings.device)
             found = exact_knn(
                 embeddings[q],
@@ -175,19 +185,20 @@ class RetrievalPictures(L.Callback):
             present = found >= 0
             neighbours = gallery_rows[found.clamp(min=0)]
             correct = (labels[neighbours] == labels[queries, None]) & present
-            query_images = load_images(dataset, indices[queries], mean, std, self.cell_size)
-            neighbour_images = load_images(dataset, indices[neighbours.flatten()], mean, std, self.cell_size)
-            return retrieval_grid(
-                query_images, neighbour_images.unflatten(0, neighbours.shape), correct, present
+            positions, inverse = torch.unique(
+                indices[torch.cat([queries, neighbours.flatten()])], return_inverse=True
             )
-
-        generator = torch.Generator().manual_seed(self.seed)
-        sample = query_rows[torch.randperm(len(query_rows), generator=generator)[: self.num_queries]]
-        worst = query_rows[worst_queries(average_precision_at_r(summary).cpu(), self.num_worst)]
-        plotted = torch.randperm(len(labels), generator=generator)[: self.max_plot_points]
-        pictures = {"retrieval": grid(sample)} if len(sample) else {}
-        if len(worst):
-            pictures["worst_queries"] = grid(worst)
+            images = load_images(dataset, positions, mean, std, self.cell_size)[inverse]
+            query_images = images[: len(queries)]
+            neighbour_images = images[len(queries) :].unflatten(0, neighbours.shape)
+            for key, rows in (
+                ("retrieval", slice(0, len(sample))),
+                ("worst_queries", slice(len(sample), None)),
+            ):
+                if len(query_images[rows]):
+                    pictures[key] = retrieval_grid(
+                        query_images[rows], neighbour_images[rows], correct[rows], present[rows]
+                    )
         pictures["embeddings_2d"] = plot_embeddings_2d(
             embeddings[plotted.to(embeddings.device)], labels[plotted], title, self.projection, self.seed
         )
@@ -209,37 +220,30 @@ class RetrievalPictures(L.Callback):
                 f"{name}/{key}": figure_to_image(value) if isinstance(value, Figure) else value
                 for key, value in pictures.items()
             }
+            projector = None  # built once, for the first TensorBoard logger
             for logger in loggers:
                 if isinstance(logger, TensorBoardLogger):
                     for tag, image in images.items():
                         logger.experiment.add_image(tag, image, step)
-                    self._add_projector(logger, name, outputs, sets[name], mean, std, step)
+                    if self.projector_samples > 0:
+                        projector = projector or self._projector(outputs, sets[name], mean, std)
+                        logger.experiment.add_embedding(**projector, global_step=step, tag=name)
                 else:
                     for tag, image in images.items():
                         logger.log_image(tag, [to_hwc_uint8(image)], step=step)
 
-    def _add_projector(
-        self,
-        logger: TensorBoardLogger,
-        name: str,
-        outputs: dict[str, Tensor],
-        dataset: Dataset,
-        mean: Sequence[float],
-        std: Sequence[float],
-        step: int,
-    ) -> None:
-        if self.projector_samples <= 0:
-            return
+    def _projector(
+        self, outputs: dict[str, Tensor], dataset: Dataset, mean: Sequence[float], std: Sequence[float]
+    ) -> dict[str, Any]:
+        """The embedding projector's ``projector_samples`` items: embeddings, labels and thumbnails."""
         generator = torch.Generator().manual_seed(self.seed)
         rows = torch.randperm(len(outputs["labels"]), generator=generator)[: self.projector_samples]
         thumbnails = load_images(dataset, outputs["indices"].cpu()[rows], mean, std, self.thumbnail_size)
-        logger.experiment.add_embedding(
-            outputs["embeddings"].cpu()[rows].float(),
-            metadata=outputs["labels"].cpu()[rows].tolist(),
-            label_img=thumbnails.expand(-1, 3, -1, -1),
-            global_step=step,
-            tag=name,
-        )
+        return {
+            "mat": outputs["embeddings"].cpu()[rows].float(),
+            "metadata": outputs["labels"].cpu()[rows].tolist(),
+            "label_img": thumbnails.expand(-1, 3, -1, -1),
+        }
 
     @staticmethod
     def _evaluation(trainer: L.Trainer) -> RetrievalEvaluation | None:

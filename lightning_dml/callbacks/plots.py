@@ -20,7 +20,6 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from lightning_dml.errors import DataError
-from lightning_dml.metrics import RankSummary
 
 Projection = Literal["auto", "pca", "umap"]
 
@@ -91,18 +90,6 @@ def plot_embeddings_2d(
     axes.set_ylabel(f"{method} 2")
     axes.set_title(title)
     return figure
-
-
-def average_precision_at_r(summary: RankSummary) -> Tensor:
-    """Per-query AP@R ``(Nq,)`` float64: (1/R) Σ_{i≤R} P(i)·rel(i), NaN for lone queries (R = 0).
-
-    The per-query terms whose mean is MAP@R (``metrics.metrics_from_ranks``), which returns only the mean.
-    """
-    relevant = summary.relevant.double()
-    ranks = torch.arange(1, summary.top_hits.shape[1] + 1, device=relevant.device)
-    hits = summary.top_hits & (ranks <= summary.relevant[:, None])
-    precision_at_rank = hits.cumsum(1).double() / ranks
-    return (precision_at_rank * hits).sum(1) / relevant
 
 
 def worst_queries(average_precision: Tensor, count: int) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,19 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from lightning_dml.errors import DataError
+
+
+def check_files_exist(paths: Sequence[str | Path], origins: Sequence[str], advice: str) -> None:
+    """Raise a DataError naming the origin of the first missing file (and how many more), then ``advice``.
+
+    ``origins[i]`` says where ``paths[i]`` was listed (file and line); each distinct path is checked once.
+    """
+    present = {path for path in set(paths) if os.path.isfile(path)}
+    missing = [i for i, path in enumerate(paths) if path not in present]
+    if missing:
+        first = missing[0]
+        others = f" ({len(missing) - 1} more rows too)" if len(missing) > 1 else ""
+        raise DataError(f"{origins[first]}: image file not found: {paths[first]}{others}; {advice}")
 
 
 class ImageSource:

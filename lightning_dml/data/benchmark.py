@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2
 
-from lightning_dml.data.base import ImageFiles, RetrievalDataset
+from lightning_dml.data.base import ImageFiles, RetrievalDataset, check_files_exist
 from lightning_dml.data.datamodule import RetrievalDataModule
 from lightning_dml.data.folder import IMAGENET_MEAN, IMAGENET_STD
 from lightning_dml.errors import DataError
@@ -251,7 +251,11 @@ class BenchmarkDataModule(RetrievalDataModule):
     def build(self) -> tuple[RetrievalDataset, RetrievalDataset]:
         """Read the annotations, check images and counts, and split them into training pool and test set."""
         annotations = self.read()
-        check_images_exist(annotations)
+        check_files_exist(  # SOP lists some files twice: each is checked once
+            annotations.paths,
+            annotations.origins,
+            "the copy is incomplete: extract the image archive again",
+        )
         self.check_counts(annotations)
         if self.skip_corrupt:
             annotations = self.drop_undecodable(annotations)
@@ -325,16 +329,3 @@ class BenchmarkDataModule(RetrievalDataModule):
         if self.skip_corrupt:
             lines.append(f"skipped {len(self.skipped)} undecodable images")
         return "\n".join(lines)
-
-
-def check_images_exist(annotations: Annotations) -> None:
-    """Raise a DataError naming the first annotation row whose image file is missing (and how many more)."""
-    present = {path for path in set(annotations.paths) if os.path.isfile(path)}  # SOP lists some files twice
-    missing = [i for i, path in enumerate(annotations.paths) if path not in present]
-    if missing:
-        first = missing[0]
-        others = f" ({len(missing) - 1} more rows too)" if len(missing) > 1 else ""
-        raise DataError(
-            f"{annotations.origins[first]}: image file not found: {annotations.paths[first]}{others}; "
-            "the copy is incomplete: extract the image archive again"
-        )

@@ -244,46 +244,32 @@ class RetrievalDataModule(L.LightningDataModule):
 
 
 class ConcatenatedImages(ImageSource):
-    """The images of several sources one after the other (positions continue from one to the next)."""
+    """The images of several dataset views one after the other, labelled by class id (their source's)."""
 
-    def __init__(self, sources: Sequence[ImageSource]) -> None:
-        self.sources = list(sources)
-        self.labels = torch.cat([source.labels for source in self.sources])
-        self.starts = torch.tensor([0, *(len(source) for source in self.sources)]).cumsum(0)
+    def __init__(self, views: Sequence[RetrievalDataset]) -> None:
+        self.views = list(views)
+        self.labels = torch.cat([view.class_ids for view in self.views])
+        self.starts = torch.tensor([0, *(len(view) for view in self.views)]).cumsum(0)
 
-    def _locate(self, i: int) -> tuple[ImageSource, int]:
+    def _locate(self, i: int) -> tuple[RetrievalDataset, int]:
         which = int(torch.searchsorted(self.starts, i, right=True)) - 1
-        return self.sources[which], i - int(self.starts[which])
+        return self.views[which], i - int(self.starts[which])
 
     def load(self, i: int) -> object:
         """Return image ``i`` of the concatenation, untransformed."""
-        source, position = self._locate(i)
-        return source.load(position)
+        view, position = self._locate(i)
+        return view.source.load(int(view.indices[position]))
 
     def describe(self, i: int) -> str:
         """Return the name of image ``i`` in its own source."""
-        source, position = self._locate(i)
-        return source.describe(position)
+        view, position = self._locate(i)
+        return view.describe(position)
 
 
 def queries_against_training_images(
     test: RetrievalDataset, train: RetrievalDataset, transform: Callable
 ) -> RetrievalDataset:
     """One evaluation set: the test images as queries, the training images as gallery (labels = class ids)."""
-    combined = ConcatenatedImages([_SelectedImages(test), _SelectedImages(train)])
+    combined = ConcatenatedImages([test, train])
     is_query = torch.arange(len(combined)) < len(test)
     return RetrievalDataset(combined, None, transform, is_query=is_query, is_gallery=~is_query)
-
-
-class _SelectedImages(ImageSource):
-    """The images of a dataset view as a source of their own, labelled by class id."""
-
-    def __init__(self, view: RetrievalDataset) -> None:
-        self.view = view
-        self.labels = view.class_ids
-
-    def load(self, i: int) -> object:
-        return self.view.source.load(int(self.view.indices[i]))
-
-    def describe(self, i: int) -> str:
-        return self.view.describe(i)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from lightning_dml.data.base import ImageFiles, RetrievalDataset
+from lightning_dml.data.base import ImageFiles, RetrievalDataset, check_files_exist
 from lightning_dml.data.datamodule import RetrievalDataModule
 from lightning_dml.data.folder import file_transforms
 from lightning_dml.errors import DataError
@@ -102,14 +102,11 @@ class ImageCSV(RetrievalDataModule):
             check_row(csv_path, line, row)
         root = csv_path.parent if self.root is None else Path(self.root)
         paths = [root / row["path"] for _, row in rows]
-        missing = [(line, path) for (line, _), path in zip(rows, paths, strict=True) if not path.is_file()]
-        if missing:
-            line, path = missing[0]
-            others = f" ({len(missing) - 1} more rows too)" if len(missing) > 1 else ""
-            raise DataError(
-                f"{csv_path} line {line}: image file not found: {path}{others}; "
-                "fix the paths or set root to the folder they are relative to"
-            )
+        check_files_exist(
+            paths,
+            [f"{csv_path} line {line}" for line, _ in rows],
+            "fix the paths or set root to the folder they are relative to",
+        )
         source = ImageFiles(paths, label_ids([row["label"] for _, row in rows]))
         is_train = torch.tensor([row["split"] == "train" for _, row in rows])
         for split, chosen in zip(SPLITS, (is_train, ~is_train), strict=True):

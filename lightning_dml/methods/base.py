@@ -7,8 +7,31 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_metric_learning.utils.distributed import (
+    DistributedLossWrapper,
+    DistributedMinerWrapper,
+    is_distributed,
+)
+from torch import nn
 
 from lightning_dml.errors import TrainingError
+
+
+def gathered_across_ranks(
+    loss: nn.Module, miner: nn.Module | None = None, enabled: bool = True
+) -> tuple[nn.Module, nn.Module | None]:
+    """The loss and miner, in pytorch-metric-learning's distributed wrappers when ``enabled`` under DDP (so
+    they see every rank's embeddings), else unchanged. Call it per step rather than storing the wrappers, so
+    parameter names match single-process checkpoints."""
+    if not (enabled and is_distributed()):
+        return loss, miner
+    return DistributedLossWrapper(loss), DistributedMinerWrapper(miner) if miner is not None else None
+
+
+def lr_groups(*groups: tuple[list[nn.Parameter], float | None]) -> list[dict[str, Any]]:
+    """Optimizer parameter groups from ``(parameters, lr)`` pairs: ``lr`` set where not ``None``, empty
+    groups left out."""
+    return [{"params": params} | ({"lr": lr} if lr is not None else {}) for params, lr in groups if params]
 
 
 class RetrievalModule(L.LightningModule):

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, is_distributed
 from torch import nn
 
 from lightning_dml.losses import BinomialDevianceLoss
@@ -17,7 +16,7 @@ from lightning_dml.losses.deml import (
     dann_schedule,
     unit_row_norm_penalty,
 )
-from lightning_dml.methods.base import RetrievalModule
+from lightning_dml.methods.base import RetrievalModule, gathered_across_ranks, lr_groups
 from lightning_dml.models.deml import DeMLNetwork, DeMLOutput
 
 
@@ -122,9 +121,7 @@ class DeML(RetrievalModule):
         labels = batch["label"]
         output = self.network(batch["image"])
         normalized = output.normalized()
-        loss_fn = self.loss
-        if self.gather_across_ranks and is_distributed():
-            loss_fn = DistributedLossWrapper(loss_fn)  # per call, so parameter names match single-process
+        loss_fn, _ = gathered_across_ranks(self.loss, enabled=self.gather_across_ranks)
         metric = sum(
             torch.stack([loss_fn(learner, labels) for learner in stream]).mean() for stream in normalized
         )
@@ -157,5 +154,4 @@ class DeML(RetrievalModule):
         ]
         pretrained_ids = {id(p) for p in pretrained}
         new = [p for p in self.parameters() if id(p) not in pretrained_ids]
-        groups = [{"params": pretrained} | ({"lr": self.backbone_lr} if self.backbone_lr is not None else {})]
-        return [*groups, {"params": new}] if new else groups
+        return lr_groups((pretrained, self.backbone_lr), (new, None))

@@ -23,13 +23,16 @@ from lightning_dml.methods.gdml import (
 from lightning_dml.models import EmbeddingHead, GeminiNetwork
 
 
-def targets_from_checkpoint(checkpoint_path: Path, datamodule: Any) -> dict[str, Any]:
-    """Rebuild the teacher from its checkpoint and embed the data module's training set through it."""
+def targets_from_checkpoint(checkpoint_path: Path, datamodule: Any, fingerprint: str) -> dict[str, Any]:
+    """Rebuild the teacher from its checkpoint and embed the data module's training set through it.
+
+    ``fingerprint`` is the training set's; a teacher trained on another set is refused before any work.
+    """
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     if "gemini" not in checkpoint:
         raise DataError(f"{checkpoint_path} is not a GeminiTeacher checkpoint; give the teacher's run")
     info = checkpoint["gemini"]
-    check_fingerprint(info["fingerprint"], dataset_fingerprint(datamodule.train_set), checkpoint_path)
+    check_fingerprint(info["fingerprint"], fingerprint, checkpoint_path)
     network = GeminiNetwork(**info["network"])
     prefix = "network."
     network.load_state_dict(
@@ -82,11 +85,9 @@ class GuidedStudent(RetrievalModule):
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if stage != "fit" or datamodule is None:
             return
-        datamodule.setup("fit")
-        content = self.load_teacher(Path(self.teacher), datamodule)
-        check_fingerprint(
-            content["fingerprint"], dataset_fingerprint(datamodule.train_set), Path(self.teacher)
-        )
+        fingerprint = dataset_fingerprint(datamodule.train_set)
+        content = self.load_teacher(Path(self.teacher), datamodule, fingerprint)
+        check_fingerprint(content["fingerprint"], fingerprint, Path(self.teacher))
         size = content["targets"].shape[1]
         if size != self.head.embedding_size:
             raise DataError(
@@ -95,7 +96,7 @@ class GuidedStudent(RetrievalModule):
             )
         self.targets = content["targets"]
 
-    def load_teacher(self, path: Path, datamodule: Any) -> dict[str, Any]:
+    def load_teacher(self, path: Path, datamodule: Any, fingerprint: str) -> dict[str, Any]:
         """The targets file, or the checkpoint's run folder's one, or targets computed from the checkpoint."""
         if path.suffix != ".ckpt":
             return load_targets(path)
@@ -105,10 +106,15 @@ class GuidedStudent(RetrievalModule):
         if targets_path.is_file():
             return load_targets(targets_path)
         rank_zero_info(f"{targets_path} missing: computing the teacher's targets from {path}")
-        content = targets_from_checkpoint(path, datamodule)
+        content = targets_from_checkpoint(path, datamodule, fingerprint)
         if self.trainer.is_global_zero:
             save_targets(targets_path, content["targets"], content["labels"], content["fingerprint"])
         return content
+
+    def on_fit_start(self) -> None:
+        """Move the targets to the model's device once, so that no step copies them (or the indices)."""
+        if self.targets is not None:
+            self.targets = self.targets.to(self.device)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Return ``head(backbone(images))`` (raw, not normalised: the teacher's Euclidean space)."""
@@ -116,7 +122,7 @@ class GuidedStudent(RetrievalModule):
 
     def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Mean Euclidean distance between the batch's embeddings and their targets (by dataset index)."""
-        targets = self.targets[batch["index"].cpu()].to(batch["image"].device)
+        targets = self.targets[batch["index"]]
         loss = self.loss(self.embed(batch["image"]), targets)
         self.log("train/epoch_loss", loss, on_step=False, on_epoch=True, batch_size=len(targets))
         return loss

@@ -5,14 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pytorch_metric_learning.utils.distributed import (
-    DistributedLossWrapper,
-    DistributedMinerWrapper,
-    is_distributed,
-)
 from torch import nn
 
-from lightning_dml.methods.base import RetrievalModule
+from lightning_dml.methods.base import RetrievalModule, gathered_across_ranks, lr_groups
 from lightning_dml.models import EmbeddingHead
 
 
@@ -69,19 +64,14 @@ class MetricLearning(RetrievalModule):
     def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Apply the miner (if any) and the loss to the batch's embeddings."""
         embeddings, labels = self.embed(batch["image"]), batch["label"]
-        loss, miner = self.loss, self.miner
-        if self.gather_across_ranks and is_distributed():
-            # Wrapped per call rather than stored, so parameter names match single-process checkpoints.
-            loss = DistributedLossWrapper(loss)
-            miner = DistributedMinerWrapper(miner) if miner is not None else None
+        loss, miner = gathered_across_ranks(self.loss, self.miner, self.gather_across_ranks)
         tuples = miner(embeddings, labels) if miner is not None else None
         return loss(embeddings, labels, tuples)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Backbone, head and loss parameters, with their own learning rates where configured."""
-        groups = [
-            ({"params": list(self.backbone.parameters())}, self.backbone_lr),
-            ({"params": list(self.head.parameters())}, None),
-            ({"params": list(self.loss.parameters())}, self.loss_lr),
-        ]
-        return [group | ({"lr": lr} if lr is not None else {}) for group, lr in groups if group["params"]]
+        return lr_groups(
+            (list(self.backbone.parameters()), self.backbone_lr),
+            (list(self.head.parameters()), None),
+            (list(self.loss.parameters()), self.loss_lr),
+        )

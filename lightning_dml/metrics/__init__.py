@@ -5,6 +5,7 @@ from lightning_dml.metrics.kmeans import kmeans
 from lightning_dml.metrics.knn import Neighbours, count_matches, exact_knn, matching_positions
 from lightning_dml.metrics.ranking import RankSummary, rank_summary
 from lightning_dml.metrics.retrieval import (
+    average_precision_at_r,
     count_relevant,
     metrics_from_neighbours,
     metrics_from_ranks,
@@ -14,6 +15,7 @@ from lightning_dml.metrics.retrieval import (
 __all__ = [
     "Neighbours",
     "RankSummary",
+    "average_precision_at_r",
     "clustering_metrics",
     "count_matches",
     "count_relevant",

@@ -12,11 +12,10 @@ excluded by id in leave-one-out). Then, over the query classes c (``sklearn.metr
 from __future__ import annotations
 
 import numpy as np
-import torch
 from sklearn.metrics import f1_score, recall_score
 from torch import Tensor
 
-from lightning_dml.metrics.knn import Metric, exact_knn
+from lightning_dml.metrics.knn import Metric, exact_knn, resolve_gallery
 
 
 def nearest_neighbour_classification(
@@ -38,11 +37,9 @@ def nearest_neighbour_classification(
     >>> nearest_neighbour_classification(emb, labels, metric="euclidean")
     {'1nn_macro_recall': 0.75, '1nn_macro_f1': 0.7333333333333334}
     """
-    if gallery_embeddings is None:
-        gallery_embeddings, gallery_labels = query_embeddings, query_labels
-        if query_ids is None:
-            query_ids = torch.arange(len(query_labels), device=query_labels.device)
-        gallery_ids = query_ids
+    gallery_embeddings, gallery_labels, query_ids, gallery_ids = resolve_gallery(
+        query_embeddings, query_labels, gallery_embeddings, gallery_labels, query_ids, gallery_ids
+    )
     neighbours = exact_knn(
         query_embeddings, gallery_embeddings, 1, metric=metric, query_ids=query_ids, gallery_ids=gallery_ids
     )

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import normalized_mutual_info_score
 from sklearn.metrics.cluster import pair_confusion_matrix
 from torch import Tensor
 
 from lightning_dml.errors import DataError
 from lightning_dml.metrics.kmeans import kmeans
+from lightning_dml.metrics.knn import prepare_embeddings
 
 
 def pairwise_f1(labels: np.ndarray | Tensor, clusters: np.ndarray | Tensor) -> float:
@@ -65,9 +65,7 @@ def clustering_metrics(
         raise DataError("no embeddings to cluster; the evaluation set is empty")
     if not torch.isfinite(embeddings).all():
         raise DataError("embeddings contain NaN or inf; check the model output (did the loss diverge?)")
-    points = embeddings.detach().to(torch.promote_types(embeddings.dtype, torch.float32))
-    if normalize:
-        points = F.normalize(points, dim=1)
+    points = prepare_embeddings(embeddings, "cosine" if normalize else "euclidean")
     label_values = labels.detach().cpu().numpy()
     n_clusters = len(np.unique(label_values))
     clusters, _ = kmeans(points, n_clusters, seed=seed, n_init=n_init, max_iter=max_iter)

@@ -78,6 +78,24 @@ def prepare_embeddings(embeddings: Tensor, metric: Metric) -> Tensor:
     return F.normalize(embeddings, dim=1) if metric == "cosine" else embeddings
 
 
+def resolve_gallery(
+    query_embeddings: Tensor,
+    query_labels: Tensor,
+    gallery_embeddings: Tensor | None,
+    gallery_labels: Tensor | None,
+    query_ids: Tensor | None,
+    gallery_ids: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``(gallery_embeddings, gallery_labels, query_ids, gallery_ids)``: as given, or without a gallery
+    (leave-one-out) the queries themselves, each excluded by its id (``query_ids``, default ``arange(Nq)``).
+    """
+    if gallery_embeddings is not None:
+        return gallery_embeddings, gallery_labels, query_ids, gallery_ids
+    if query_ids is None:
+        query_ids = torch.arange(len(query_labels), device=query_labels.device)
+    return query_embeddings, query_labels, query_ids, query_ids
+
+
 def exact_knn(
     queries: Tensor,
     gallery: Tensor,

@@ -34,6 +34,7 @@ from lightning_dml.metrics.knn import (
     count_matches,
     matching_positions,
     prepare_embeddings,
+    resolve_gallery,
 )
 from lightning_dml.metrics.symmetric import leave_one_out_ranks
 from lightning_dml.metrics.topm import best_of, group_count, row_candidates
@@ -78,11 +79,9 @@ def rank_summary(
     ``chunk_size`` is None it is the largest that fits ``block_bytes``.
     """
     leave_one_out = gallery_embeddings is None
-    if leave_one_out:
-        gallery_embeddings, gallery_labels = query_embeddings, query_labels
-        if query_ids is None:
-            query_ids = torch.arange(len(query_labels), device=query_labels.device)
-        gallery_ids = query_ids
+    gallery_embeddings, gallery_labels, query_ids, gallery_ids = resolve_gallery(
+        query_embeddings, query_labels, gallery_embeddings, gallery_labels, query_ids, gallery_ids
+    )
     check_search_inputs(
         query_embeddings, gallery_embeddings, metric, query_ids, gallery_ids, "torch", chunk_size
     )

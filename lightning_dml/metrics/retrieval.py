@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from lightning_dml.errors import DataError
-from lightning_dml.metrics.knn import Backend, Metric, Neighbours, count_matches, exact_knn
-from lightning_dml.metrics.ranking import rank_summary
+from lightning_dml.metrics.knn import Backend, Metric, Neighbours, count_matches, exact_knn, resolve_gallery
+from lightning_dml.metrics.ranking import RankSummary, rank_summary
 
 #: Queries per pass when turning ranks into MAP@R and R-Precision.
 ROWS_PER_PASS = 2**15
@@ -90,14 +90,33 @@ def metrics_from_ranks(
     per_query = {f"recall@{k}": first_hit_rank < k for k in recall_at} | {"precision@1": first_hit_rank == 0}
     sums = {name: float(values[counted].sum(dtype=torch.float64)) for name, values in per_query.items()}
     sums["r_precision"] = sums["map@r"] = 0.0
-    ranks = torch.arange(1, top_hits.shape[1] + 1, device=top_hits.device)
     for rows in torch.nonzero(counted).flatten().split(ROWS_PER_PASS):  # bounds the (rows, m) temporaries
-        hits, r = top_hits[rows] & (ranks <= relevant[rows, None]), relevant[rows].double()
-        sums["r_precision"] += float((hits.sum(1) / r).sum())
-        precision_at_rank = hits.cumsum(1).double() / ranks
-        sums["map@r"] += float(((precision_at_rank * hits).sum(1) / r).sum())
+        hits = _hits_within_r(top_hits[rows], relevant[rows])
+        sums["r_precision"] += float((hits.sum(1) / relevant[rows].double()).sum())
+        sums["map@r"] += float(_average_precision(hits, relevant[rows]).sum())
     n_counted = int(counted.sum())
     return {name: total / n_counted if n_counted else float("nan") for name, total in sums.items()}
+
+
+def average_precision_at_r(summary: RankSummary) -> Tensor:
+    """Per-query AP@R ``(Nq,)`` float64: (1/R) Σ_{i≤R} P(i)·rel(i), NaN for lone queries (R = 0).
+
+    The per-query terms whose mean is MAP@R (``metrics_from_ranks``), which returns only the mean.
+    """
+    return _average_precision(_hits_within_r(summary.top_hits, summary.relevant), summary.relevant)
+
+
+def _hits_within_r(top_hits: Tensor, relevant: Tensor) -> Tensor:
+    """``top_hits`` with the hits past each query's first R ranks cleared."""
+    ranks = torch.arange(1, top_hits.shape[1] + 1, device=top_hits.device)
+    return top_hits & (ranks <= relevant[:, None])
+
+
+def _average_precision(hits: Tensor, relevant: Tensor) -> Tensor:
+    """Per-row (1/R) Σ_i P(i)·rel(i) of ``_hits_within_r`` rows, float64 (NaN where R = 0)."""
+    ranks = torch.arange(1, hits.shape[1] + 1, device=hits.device)
+    precision_at_rank = hits.cumsum(1).double() / ranks
+    return (precision_at_rank * hits).sum(1) / relevant.double()
 
 
 def retrieval_metrics(
@@ -129,15 +148,13 @@ def retrieval_metrics(
     {'recall@1': 0.4, 'recall@2': 0.8, 'precision@1': 0.4, 'r_precision': 0.2, 'map@r': 0.2}
     """
     leave_one_out = gallery_embeddings is None
-    if leave_one_out:
-        if gallery_labels is not None or gallery_ids is not None:
-            raise DataError("gallery_labels/gallery_ids given without gallery_embeddings; pass all or none")
-        gallery_embeddings, gallery_labels = query_embeddings, query_labels
-        if query_ids is None:
-            query_ids = torch.arange(len(query_labels), device=query_labels.device)
-        gallery_ids = query_ids
-    elif gallery_labels is None:
+    if leave_one_out and (gallery_labels is not None or gallery_ids is not None):
+        raise DataError("gallery_labels/gallery_ids given without gallery_embeddings; pass all or none")
+    if not leave_one_out and gallery_labels is None:
         raise DataError("gallery_embeddings given without gallery_labels; pass both")
+    gallery_embeddings, gallery_labels, query_ids, gallery_ids = resolve_gallery(
+        query_embeddings, query_labels, gallery_embeddings, gallery_labels, query_ids, gallery_ids
+    )
     device = query_embeddings.device
     query_labels, gallery_labels = query_labels.to(device), gallery_labels.to(device)
     if query_ids is not None and gallery_ids is not None:

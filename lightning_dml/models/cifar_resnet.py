@@ -62,8 +62,3 @@ class CifarResNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Globally average-pooled features (B, out_features) of images (B, C, H, W)."""
         return self.stages(self.stem(images)).mean(dim=(-2, -1))
-
-
-def cifar_resnet18(in_channels: int = 3, width: int = 64) -> CifarResNet:
-    """The CIFAR-style ResNet-18 (two basic blocks per stage)."""
-    return CifarResNet(in_channels, width, (2, 2, 2, 2))

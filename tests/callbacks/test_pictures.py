@@ -13,7 +13,6 @@ from lightning_dml.callbacks.plots import (
     CORRECT_COLOUR,
     QUERY_COLOUR,
     WRONG_COLOUR,
-    average_precision_at_r,
     plot_embeddings_2d,
     project_2d,
     retrieval_grid,
@@ -22,7 +21,7 @@ from lightning_dml.callbacks.plots import (
 from lightning_dml.cli import DMLCLI
 from lightning_dml.data import RetrievalDataset, TensorImages
 from lightning_dml.errors import DataError
-from lightning_dml.metrics import rank_summary, retrieval_metrics
+from lightning_dml.metrics import average_precision_at_r, rank_summary, retrieval_metrics
 
 # The known case of the retrieval_metrics doctest: points on a line, euclidean, leave-one-out.
 LINE = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [7.0, 0.0], [8.0, 0.0]])

@@ -3,42 +3,20 @@
 from pathlib import Path
 
 import pytest
-import torch
 
 from lightning_dml.cli import DMLCLI
 from lightning_dml.errors import DataError
+from tests.conftest import quick_cli_args
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs/gdml"
-QUICK = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine torch's second thread mostly waits (25x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fit(config: str, runs: Path, *args: str) -> DMLCLI:
-    return DMLCLI(
-        args=[
-            "fit",
-            "--config",
-            str(CONFIGS / config),
-            *QUICK,
-            "--trainer.logger.init_args.save_dir",
-            str(runs),
-            *args,
-        ]
-    )
+    return DMLCLI(args=["fit", *quick_cli_args(runs, f"configs/gdml/{config}"), *args])
 
 
 def test_teacher_then_student_through_the_cli(tmp_path):
-    teacher = fit(
-        "digits_teacher.yaml", tmp_path, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "40"
-    )
+    teacher = fit("digits_teacher.yaml", tmp_path, "--trainer.limit_train_batches", "40")
     run = Path(teacher.trainer.log_dir)
     assert (run / "targets.pt").is_file()
     print("target 1-NN accuracy", float(teacher.trainer.callback_metrics["train/target_1nn_accuracy"]))
@@ -47,8 +25,6 @@ def test_teacher_then_student_through_the_cli(tmp_path):
     student = fit(
         "digits_student.yaml",
         tmp_path,
-        "--trainer.max_epochs",
-        "1",
         "--trainer.limit_train_batches",
         "10",
         "--model.init_args.teacher",
@@ -62,8 +38,6 @@ def test_teacher_then_student_through_the_cli(tmp_path):
     fit(
         "digits_student.yaml",
         tmp_path,
-        "--trainer.max_epochs",
-        "1",
         "--trainer.limit_train_batches",
         "2",
         "--test_after_fit",

@@ -15,14 +15,7 @@ from lightning_dml.methods import GeminiTeacher, GuidedStudent
 from lightning_dml.methods.gdml import TARGETS_FILE, load_targets, raw_pixel_transform, stream_targets
 from lightning_dml.models import SmallCNN
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine torch's second thread mostly waits (25x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def teacher_data(**kwargs) -> Digits:
