@@ -9,11 +9,17 @@ from typing import Any
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
-from lightning_dml.callbacks import EmbeddingWriter, RetrievalEvaluation, RetrievalPictures, RunSummary
+from lightning_dml.callbacks import (
+    EmbeddingWriter,
+    LatestAndBestCheckpoint,
+    RetrievalEvaluation,
+    RetrievalPictures,
+    RunSummary,
+)
 from lightning_dml.data.datamodule import RetrievalDataModule
 from lightning_dml.errors import LightningDMLError
 from lightning_dml.methods import RetrievalModule
@@ -66,10 +72,10 @@ class DMLCLI(LightningCLI):
     Model and data are chosen by ``class_path`` (any ``RetrievalModule`` / ``RetrievalDataModule``). Four
     sections are added: ``evaluation`` (the ``RetrievalEvaluation`` callback), ``pictures`` (the
     ``RetrievalPictures`` callback; ``--pictures.every_n_epochs 0`` turns it off), ``checkpoint`` (a
-    ``ModelCheckpoint`` keeping the best by ``val/map@r`` and the last) and ``prediction`` (the
-    ``EmbeddingWriter``: ``predict`` writes ``predictions/embeddings.npz``). The resolved config is also
-    logged to W&B when a ``WandbLogger`` is used, and a run summary is printed at the end. ``fit`` ends with
-    ``test`` on the best checkpoint unless ``--test_after_fit false``.
+    ``LatestAndBestCheckpoint`` keeping the best by ``val/map@r`` and the latest epoch as ``last.ckpt``)
+    and ``prediction`` (the ``EmbeddingWriter``: ``predict`` writes ``predictions/embeddings.npz``). The
+    resolved config is also logged to W&B when a ``WandbLogger`` is used, and a run summary is printed at
+    the end. ``fit`` ends with ``test`` on the best checkpoint unless ``--test_after_fit false``.
     """
 
     def __init__(self, **kwargs) -> None:
@@ -90,7 +96,7 @@ class DMLCLI(LightningCLI):
         """Add the evaluation, pictures, checkpoint and prediction sections and ``test_after_fit``."""
         parser.add_lightning_class_args(RetrievalEvaluation, "evaluation")
         parser.add_lightning_class_args(RetrievalPictures, "pictures")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LatestAndBestCheckpoint, "checkpoint")
         parser.add_lightning_class_args(EmbeddingWriter, "prediction")  # acts in predict only
         parser.set_defaults(
             {"checkpoint.monitor": "val/map@r", "checkpoint.mode": "max", "checkpoint.save_last": True}

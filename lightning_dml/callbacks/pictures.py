@@ -24,7 +24,7 @@ from lightning_dml.callbacks.plots import (
 )
 from lightning_dml.callbacks.retrieval_evaluation import RetrievalEvaluation
 from lightning_dml.errors import LightningDMLError
-from lightning_dml.metrics import average_precision_at_r, exact_knn, rank_summary
+from lightning_dml.metrics import Ranking
 
 Stage = Literal["validate", "test"]
 
@@ -108,6 +108,9 @@ class RetrievalPictures(L.Callback):
                 "RetrievalPictures draws what RetrievalEvaluation evaluated: add a RetrievalEvaluation "
                 "callback to the trainer"
             )
+        if self.every_n_epochs > 0:  # the evaluation keeps enough of each query's top list to draw
+            evaluation = self._evaluation(trainer)
+            evaluation.top_k = max(evaluation.top_k, self.top_k)
         if self.every_n_epochs > 0 and not self._loggers(trainer):
             rank_zero_info("RetrievalPictures: no TensorBoard or W&B logger, so no pictures are logged")
 
@@ -130,58 +133,35 @@ class RetrievalPictures(L.Callback):
         std: Sequence[float] = (1.0,),
         metric: Literal["cosine", "euclidean"] = "cosine",
         title: str = "",
+        ranking: Ranking | None = None,
     ) -> dict[str, Tensor | Figure]:
         """Return the pictures of one evaluation set: ``retrieval`` and ``worst_queries`` (``(3, H, W)``
         images in [0, 1], each left out when its number of queries is 0) and ``embeddings_2d`` (a figure).
 
         ``outputs`` holds ``embeddings``, ``labels`` and ``indices`` (positions in ``dataset``), and
-        ``is_query``/``is_gallery`` for query-vs-gallery sets; without them the set is searched
-        leave-one-out (each query's own index excluded).
+        ``is_query``/``is_gallery`` for query-vs-gallery sets. ``ranking``: the evaluation's ``Ranking`` of
+        the set with at least ``top_k`` items per query; without it the set is ranked here the same way.
         """
         embeddings = outputs["embeddings"].float()
-        on_device = {key: outputs[key].to(embeddings.device) for key in ("labels", "indices")}
         labels, indices = outputs["labels"].cpu(), outputs["indices"].cpu()
-        average_precision = torch.empty(0)  # per-query AP@R, only computed for the worst-queries grid
         if "is_query" in outputs:
             query_rows = torch.nonzero(outputs["is_query"].cpu().bool()).flatten()
             gallery_rows = torch.nonzero(outputs["is_gallery"].cpu().bool()).flatten()
-            q, g = query_rows.to(embeddings.device), gallery_rows.to(embeddings.device)
-            if self.num_worst > 0:
-                summary = rank_summary(
-                    embeddings[q],
-                    on_device["labels"][q],
-                    embeddings[g],
-                    on_device["labels"][g],
-                    query_ids=on_device["indices"][q],
-                    gallery_ids=on_device["indices"][g],
-                    metric=metric,
-                )
-                average_precision = average_precision_at_r(summary).cpu()
         else:
             query_rows = gallery_rows = torch.arange(len(labels))
-            if self.num_worst > 0:
-                summary = rank_summary(
-                    embeddings, on_device["labels"], query_ids=on_device["indices"], metric=metric
-                )
-                average_precision = average_precision_at_r(summary).cpu()
+        if ranking is None or ranking.top_indices.shape[1] < self.top_k:
+            ranking = RetrievalEvaluation(metric=metric, clustering=False).rank(outputs, self.top_k)
 
         generator = torch.Generator().manual_seed(self.seed)
-        sample = query_rows[torch.randperm(len(query_rows), generator=generator)[: self.num_queries]]
-        worst = query_rows[worst_queries(average_precision, self.num_worst)]
+        sample = torch.randperm(len(query_rows), generator=generator)[: self.num_queries]
+        worst = worst_queries(ranking.average_precision.cpu(), self.num_worst)
         plotted = torch.randperm(len(labels), generator=generator)[: self.max_plot_points]
         pictures = {}
-        queries = torch.cat([sample, worst])
-        if len(queries):
-            # One k-NN search and one image load (each image once) for both grids.
-            q, g = queries.to(embeddings.device), gallery_rows.to(embeddings.device)
-            found = exact_knn(
-                embeddings[q],
-                embeddings[g],
-                self.top_k,
-                metric=metric,
-                query_ids=on_device["indices"][q],
-                gallery_ids=on_device["indices"][g],
-            ).indices.cpu()
+        picked = torch.cat([sample, worst])
+        if len(picked):
+            # The ranking's own top lists; one image load (each image once) for both grids.
+            found = ranking.top_indices[picked.to(ranking.top_indices.device), : self.top_k].cpu()
+            queries = query_rows[picked]
             present = found >= 0
             neighbours = gallery_rows[found.clamp(min=0)]
             correct = (labels[neighbours] == labels[queries, None]) & present
@@ -215,7 +195,8 @@ class RetrievalPictures(L.Callback):
         step = trainer.global_step
         for name, outputs in evaluation.last_outputs.items():
             title = f"{name}, epoch {trainer.current_epoch}"
-            pictures = self.draw(outputs, sets[name], mean, std, evaluation.metric, title)
+            ranking = evaluation.last_rankings.get(name)
+            pictures = self.draw(outputs, sets[name], mean, std, evaluation.metric, title, ranking)
             images = {
                 f"{name}/{key}": figure_to_image(value) if isinstance(value, Figure) else value
                 for key, value in pictures.items()

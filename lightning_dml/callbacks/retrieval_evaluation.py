@@ -12,8 +12,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lightning_dml.errors import LightningDMLError
-from lightning_dml.metrics import clustering_metrics, retrieval_metrics
-from lightning_dml.metrics.classification import nearest_neighbour_classification
+from lightning_dml.metrics import (
+    Ranking,
+    classification_from_ranking,
+    clustering_metrics,
+    metrics_from_ranking,
+    rank,
+)
+from lightning_dml.seeds import run_seed
 
 Stage = Literal["validate", "test"]
 
@@ -48,7 +54,7 @@ class RetrievalEvaluation(L.Callback):
             recall and F1: the G-DML paper's Recall@1 and F-score).
         backend: k-NN implementation (``faiss`` needs the ``faiss`` extra).
         chunk_size: queries per similarity block (``None``: sized to a fixed memory budget).
-        seed: k-means seed.
+        seed: k-means seed; ``None``: the run seed (``seed_everything``).
     """
 
     def __init__(
@@ -59,7 +65,7 @@ class RetrievalEvaluation(L.Callback):
         classification: bool = False,
         backend: Literal["torch", "faiss"] = "torch",
         chunk_size: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         self.recall_at = list(recall_at)
         self.metric = metric
@@ -71,33 +77,50 @@ class RetrievalEvaluation(L.Callback):
         self._outputs: dict[int, list[dict[str, torch.Tensor]]] = defaultdict(list)
         #: On rank 0, the de-duplicated outputs of each set of the latest evaluation, for later callbacks.
         self.last_outputs: dict[str, dict[str, torch.Tensor]] = {}
+        #: On rank 0, each set's ``Ranking`` from the latest evaluation (what the pictures draw).
+        self.last_rankings: dict[str, Ranking] = {}
+        #: Best items kept per query in ``last_rankings`` (raised by ``RetrievalPictures``).
+        self.top_k = 0
 
-    def compute(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Return the metrics of one evaluation set's de-duplicated outputs."""
+    def rank(self, outputs: dict[str, torch.Tensor], top_k: int = 0) -> Ranking:
+        """The exact ``Ranking`` of one evaluation set's de-duplicated outputs: every query against the
+        gallery items, or leave-one-out without ``is_query``/``is_gallery``."""
         embeddings, labels, indices = outputs["embeddings"].float(), outputs["labels"], outputs["indices"]
-        options = {"recall_at": self.recall_at, "metric": self.metric, "backend": self.backend}
-        if "is_query" in outputs:
-            query, gallery = outputs["is_query"].bool(), outputs["is_gallery"].bool()
-            metrics = retrieval_metrics(
-                embeddings[query],
-                labels[query],
-                embeddings[gallery],
-                labels[gallery],
-                query_ids=indices[query],
-                gallery_ids=indices[gallery],
-                chunk_size=self.chunk_size,
-                **options,
-            )
-            sides = (embeddings[query], labels[query], embeddings[gallery], labels[gallery])
-            ids = {"query_ids": indices[query], "gallery_ids": indices[gallery]}
-        else:
-            metrics = retrieval_metrics(embeddings, labels, chunk_size=self.chunk_size, **options)
-            sides, ids = (embeddings, labels), {"query_ids": indices}
+        options = {
+            "metric": self.metric,
+            "backend": self.backend,
+            "chunk_size": self.chunk_size,
+            "votes": self.classification,
+            "depth": max(self.recall_at),
+            "top_k": top_k,
+        }
+        if "is_query" not in outputs:
+            return rank(embeddings, labels, query_ids=indices, **options)
+        query, gallery = outputs["is_query"].bool(), outputs["is_gallery"].bool()
+        return rank(
+            embeddings[query],
+            labels[query],
+            embeddings[gallery],
+            labels[gallery],
+            query_ids=indices[query],
+            gallery_ids=indices[gallery],
+            **options,
+        )
+
+    def compute(self, outputs: dict[str, torch.Tensor], ranking: Ranking | None = None) -> dict[str, float]:
+        """Return the metrics of one evaluation set's de-duplicated outputs (from ``ranking`` when given)."""
+        ranking = self.rank(outputs) if ranking is None else ranking
+        metrics = metrics_from_ranking(ranking, self.recall_at)
         if self.classification:
-            metrics |= nearest_neighbour_classification(*sides, **ids, metric=self.metric)
+            query_labels = outputs["labels"][outputs["is_query"].bool()] if "is_query" in outputs else None
+            metrics |= classification_from_ranking(
+                ranking, outputs["labels"] if query_labels is None else query_labels
+            )
         if self.clustering:
+            seed = run_seed() if self.seed is None else self.seed
+            embeddings = outputs["embeddings"].float()
             metrics |= clustering_metrics(
-                embeddings, labels, seed=self.seed, normalize=self.metric == "cosine"
+                embeddings, outputs["labels"], seed=seed, normalize=self.metric == "cosine"
             )
         return metrics
 
@@ -129,7 +152,7 @@ class RetrievalEvaluation(L.Callback):
         loaders = trainer.val_dataloaders if stage == "validate" else trainer.test_dataloaders
         loaders = loaders if isinstance(loaders, Sequence) else [loaders]
         limited = trainer.num_val_batches if stage == "validate" else trainer.num_test_batches
-        self.last_outputs = {}
+        self.last_outputs, self.last_rankings = {}, {}
         for idx, (name, loader) in enumerate(
             zip(set_names(trainer, stage, len(loaders)), loaders, strict=True)
         ):
@@ -141,9 +164,11 @@ class RetrievalEvaluation(L.Callback):
                 if limited[idx] >= len(loader):
                     raise LightningDMLError(f"{message}: the evaluation loader or its sampler lost images")
                 rank_zero_warn(f"{message} (limit_{'val' if stage == 'validate' else 'test'}_batches is set)")
+            metrics = None
             if trainer.is_global_zero:
                 self.last_outputs[name] = outputs
-            metrics = self.compute(outputs) if trainer.is_global_zero else None
+                self.last_rankings[name] = self.rank(outputs, self.top_k)
+                metrics = self.compute(outputs, self.last_rankings[name])
             metrics = trainer.strategy.broadcast(metrics, src=0)
             for key, value in metrics.items():
                 pl_module.log(f"{name}/{key}", value, add_dataloader_idx=False, sync_dist=False)

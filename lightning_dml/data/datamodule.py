@@ -14,8 +14,15 @@ from torchvision.transforms import v2
 from lightning_dml.data.base import ImageSource, RetrievalDataset
 from lightning_dml.data.pair_triplets import ClassPairTripletSampler
 from lightning_dml.data.sampler import ClassBalancedBatchSampler
-from lightning_dml.data.splits import check_disjoint_classes, hold_out_classes, hold_out_images
+from lightning_dml.data.splits import (
+    check_class_list,
+    check_disjoint_classes,
+    check_evaluation_set,
+    hold_out_classes,
+    hold_out_images,
+)
 from lightning_dml.errors import DataError
+from lightning_dml.seeds import run_seed
 
 Protocol = Literal["zero_shot", "closed_set", "closed_set_train_reference"]
 TrainSampler = Literal["class_balanced", "class_pair_triplets"]
@@ -54,7 +61,8 @@ class RetrievalDataModule(L.LightningDataModule):
         train_transform: transform for training images; ``None`` gives the dataset's default.
         eval_transform: transform for evaluation images; ``None`` gives the dataset's default.
         num_workers: data loader worker processes.
-        seed: seed of the validation hold-outs and of the batch sampler (combined with the epoch).
+        seed: seed of the data split (validation hold-outs, closed-set test images): fixed, so that runs
+            differ only in training. The batch sampler's plans follow the run seed (``seed_everything``).
     """
 
     num_channels: int = 3
@@ -109,10 +117,18 @@ class RetrievalDataModule(L.LightningDataModule):
     ) -> tuple[RetrievalDataset, RetrievalDataset]:
         """Split one pool of images into training pool and test set by ``self.protocol``.
 
-        Zero-shot: the images of ``train_classes`` versus the rest. Closed set: ``test_fraction`` of each
-        class's images (seeded) versus the rest.
+        Zero-shot: the images of ``train_classes`` versus the rest; the list must name known classes, each
+        once, some but not all. Closed set: ``test_fraction`` of each class's images (seeded) versus the rest.
         """
         if self.protocol == "zero_shot":
+            classes = torch.unique(source.labels).tolist()
+            check_class_list("train_classes", train_classes, classes)
+            if not 0 < len(train_classes) < len(classes):
+                raise DataError(
+                    f"zero-shot tests the classes not in train_classes, but train_classes picks "
+                    f"{len(train_classes)} of the {len(classes)} classes; pick some but not all, or choose "
+                    "protocol: closed_set"
+                )
             is_train = torch.isin(source.labels, torch.as_tensor(list(train_classes), dtype=torch.long))
         else:
             generator = torch.Generator().manual_seed(self.seed)
@@ -142,13 +158,24 @@ class RetrievalDataModule(L.LightningDataModule):
     def num_train_classes(self) -> int:
         """Number of classes the model trains on (known after ``setup``)."""
         if self.train_set is None:
-            self.setup("fit")
+            self.setup()
         return self.train_set.num_classes
 
     def setup(self, stage: str | None = None) -> None:
-        """Build the training, validation and test sets once; check the protocol's class split."""
-        if self.train_set is not None:
-            return
+        """Build and check the training, validation and test sets once; for ``fit`` also check that the
+        training set can form batches, so that an impossible split stops before any training step."""
+        if self.train_set is None:
+            self.build_sets()
+        if stage == "fit":
+            self.check_training_set()
+
+    def build_sets(self) -> None:
+        """Split the data into the training, validation and test sets, check them and log their sizes."""
+        if "unseen" in self.validation and self.protocol != "zero_shot":
+            raise DataError(
+                f"validation: unseen holds out training classes, but protocol {self.protocol} tests the "
+                "training classes; use validation: [seen] or protocol: zero_shot"
+            )
         pool, test = self.build()
         train_t = self.train_transform or self.default_transforms(train=True)
         eval_t = self.eval_transform or self.default_transforms(train=False)
@@ -182,7 +209,38 @@ class RetrievalDataModule(L.LightningDataModule):
             if "unseen" in self.validation:
                 name = names[self.validation.index("unseen")]
                 check_disjoint_classes(self.train_set.class_ids, self.val_sets[name].class_ids, name)
+        self.check_evaluation_sets()
         rank_zero_info(self.summary())
+
+    def check_evaluation_sets(self) -> None:
+        """Refuse an evaluation set whose metrics would mean nothing (see :func:`check_evaluation_set`)."""
+        fixes = {
+            "seen": f"raise val_images (each class keeps samples_per_class={self.samples_per_class} images "
+            "for training)",
+            "unseen": "raise val_classes",
+            "test": "leave classes out of train_classes (or the dataset's training split), or choose "
+            "protocol: closed_set"
+            if self.protocol == "zero_shot"
+            else "raise test_fraction (or give the dataset's test split more images)",
+        }
+        check_evaluation_set("the test set", self.test_set, fixes["test"])
+        for (name, dataset), choice in zip(self.val_sets.items(), self.validation, strict=True):
+            if choice != "test":
+                check_evaluation_set(f"{name} (validation: {choice})", dataset, fixes[choice])
+
+    def check_training_set(self) -> None:
+        """Refuse a training set without negatives: one class, or class-balanced batches of one class."""
+        classes = self.train_set.num_classes
+        if classes < 2:
+            raise DataError(
+                f"the training set holds {classes} class; metric learning needs at least 2: train on more "
+                "classes (train_classes, val_classes)"
+            )
+        if self.train_sampler == "class_balanced" and not 2 <= self.classes_per_batch <= classes:
+            raise DataError(
+                f"classes_per_batch={self.classes_per_batch}, but class-balanced batches need 2 to {classes} "
+                f"classes (the training set's); set classes_per_batch between 2 and {classes}"
+            )
 
     def summary(self) -> str:
         """Return a short table of images and classes per split and the protocol."""
@@ -200,13 +258,14 @@ class RetrievalDataModule(L.LightningDataModule):
         """Batches of ``train_sampler``, distinct whole batches on each DDP rank.
 
         Under DDP the trainer needs ``use_distributed_sampler=False`` (the CLI's default): the batch sampler
-        shards itself.
+        shards itself. Its plans are seeded by the run seed, rank 0's (the same on every rank).
         """
+        seed = run_seed() if self.trainer is None else self.trainer.strategy.broadcast(run_seed())
         if self.train_sampler == "class_pair_triplets":
-            sampler = ClassPairTripletSampler(self.train_set.labels, self.samples_per_class, seed=self.seed)
+            sampler = ClassPairTripletSampler(self.train_set.labels, self.samples_per_class, seed=seed)
         else:
             sampler = ClassBalancedBatchSampler(
-                self.train_set.labels, self.classes_per_batch, self.samples_per_class, seed=self.seed
+                self.train_set.labels, self.classes_per_batch, self.samples_per_class, seed=seed
             )
         return DataLoader(
             self.train_set,

@@ -11,6 +11,7 @@ from torchvision.transforms import v2
 
 from lightning_dml.data.base import ImageFiles, RetrievalDataset
 from lightning_dml.data.datamodule import RetrievalDataModule
+from lightning_dml.data.splits import check_class_list, listed
 from lightning_dml.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -35,11 +36,6 @@ def file_transforms(image_size: int, train: bool) -> Callable:
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
-
-
-def listed(names: Sequence[str], limit: int = 20) -> str:
-    """Return the first ``limit`` names comma-separated, with ``...`` when there are more."""
-    return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
 
 
 def scan_class_folders(root: Path, extensions: Sequence[str]) -> tuple[list[str], list[Path], list[int]]:
@@ -102,21 +98,10 @@ class ImageFolder(RetrievalDataModule):
         return self.split_pool(ImageFiles(paths, labels), train_classes, self.test_fraction)
 
     def train_class_ids(self, names: list[str]) -> list[int]:
-        """Return the zero-shot training class ids; unknown names or an empty side raise a DataError."""
+        """Return the zero-shot training class ids; unknown or repeated names raise a DataError."""
         chosen = names[: len(names) // 2] if self.train_classes is None else self.train_classes
-        unknown = sorted(set(chosen) - set(names))
-        if unknown:
-            raise DataError(
-                f"train_classes names no folder in {self.root}: {listed(unknown)}; "
-                f"the classes are {listed(names)}"
-            )
-        if not 0 < len(set(chosen)) < len(names):
-            raise DataError(
-                f"zero-shot needs training and test classes, but train_classes picks {len(set(chosen))} "
-                f"of the {len(names)} classes in {self.root}; pick some but not all, "
-                "or choose protocol: closed_set"
-            )
-        return [names.index(name) for name in sorted(set(chosen))]
+        check_class_list(f"train_classes (folders in {self.root})", chosen, names)
+        return [names.index(name) for name in sorted(chosen)]
 
     def default_transforms(self, train: bool) -> Callable:
         """Return :func:`file_transforms` at ``image_size``."""

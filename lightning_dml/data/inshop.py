@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_dml.data.benchmark import Annotations, BenchmarkDataModule, parse_int, read_rows
-from lightning_dml.data.folder import listed
+from lightning_dml.data.splits import listed
 from lightning_dml.errors import DataError
 
 STATUSES = ("train", "query", "gallery")

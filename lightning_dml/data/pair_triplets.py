@@ -54,6 +54,7 @@ class ClassPairTripletSampler(ShardedBatchSampler):
             other = positions[j][torch.randperm(len(positions[j]), generator=generator)[:triplets_per_batch]]
             batches.append(torch.cat([same, other]))
         self.plan = torch.stack(batches)
+        self.num_batches = len(self.plan)
         self.triplets_per_batch = triplets_per_batch
 
     def epoch_plan(self) -> Tensor:

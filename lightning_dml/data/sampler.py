@@ -22,7 +22,12 @@ class ShardedBatchSampler(Sampler[list[int]]):
     truncated so all ranks yield the same number. ``num_replicas`` / ``rank`` left ``None`` are read from
     ``torch.distributed`` when iterating (1 / 0 if it is not initialised). Under Lightning set
     ``Trainer(use_distributed_sampler=False)``: these samplers do the distributed split themselves.
+
+    A subclass sets ``num_batches``, the length of every epoch's plan: the same in each epoch, because
+    Lightning reads ``len()`` once and skips validation in an epoch that yields fewer batches.
     """
+
+    num_batches: int
 
     def __init__(self, num_replicas: int | None = None, rank: int | None = None) -> None:
         self.num_replicas = num_replicas
@@ -48,8 +53,9 @@ class ShardedBatchSampler(Sampler[list[int]]):
             yield batch.tolist()
 
     def __len__(self) -> int:
-        """Number of batches ``__iter__`` yields on this rank for the current epoch."""
-        return len(self._rank_batches())
+        """Number of batches ``__iter__`` yields on this rank, the same in every epoch."""
+        world_size, _ = world(self.num_replicas, self.rank)
+        return self.num_batches // world_size
 
     def _rank_batches(self) -> Tensor:
         world_size, rank = world(self.num_replicas, self.rank)
@@ -75,8 +81,9 @@ class ClassBalancedBatchSampler(ShardedBatchSampler):
 
     The K positions of a class are consecutive in a batch. Each epoch, every class's images are shuffled
     and cut into groups of K (the last group topped up with other images of the same class); batches take
-    P groups of P distinct classes, drawn in proportion to the groups each class has left; groups that
-    cannot fill a batch are dropped. The plan depends only on ``(seed, epoch)``; ranks share it out as
+    P groups of P distinct classes, drawn in proportion to the groups each class has left. Every epoch has
+    ``num_batches`` batches, the most the class sizes allow (:func:`most_batches`); the groups left over
+    are dropped. The plan depends only on ``(seed, epoch)``; ranks share it out as
     :class:`ShardedBatchSampler` says.
     """
 
@@ -103,6 +110,8 @@ class ClassBalancedBatchSampler(ShardedBatchSampler):
         self.classes_per_batch = classes_per_batch
         self.samples_per_class = samples_per_class
         self.seed = seed
+        groups_per_class = (counts + samples_per_class - 1) // samples_per_class
+        self.num_batches = most_batches(groups_per_class.tolist(), classes_per_batch)
         self._cached_plan: tuple[int, Tensor] | None = None
 
     def epoch_plan(self) -> Tensor:
@@ -116,18 +125,29 @@ class ClassBalancedBatchSampler(ShardedBatchSampler):
         digest = hashlib.blake2b(f"{self.seed}:{epoch}".encode(), digest_size=4).digest()
         generator = torch.Generator().manual_seed(int.from_bytes(digest, "little"))
         groups = [self._shuffled_groups(positions, generator) for positions in self.positions_per_class]
-        remaining = torch.tensor([len(g) for g in groups], dtype=torch.float64)
+        # a class is in a batch at most once, so at most num_batches of its groups can be used
+        remaining = torch.tensor([min(len(g), self.num_batches) for g in groups], dtype=torch.float64)
         batches = []
         # hand-written: PML's MPerClassSampler neither covers every image per epoch nor splits across ranks
-        while int((remaining > 0).sum()) >= self.classes_per_batch:
-            classes = torch.multinomial(
-                remaining, self.classes_per_batch, replacement=False, generator=generator
-            )
+        for left in range(self.num_batches, 0, -1):
+            classes = self._draw_classes(remaining, left, generator)
             remaining[classes] -= 1
             batches.append(torch.cat([groups[c][int(remaining[c])] for c in classes.tolist()]))
-        if not batches:
-            return torch.empty(0, self.classes_per_batch * self.samples_per_class, dtype=torch.long)
-        return torch.stack(batches)
+        return torch.stack(batches)  # at least one: there are >= P classes of >= K images
+
+    def _draw_classes(self, remaining: Tensor, left: int, generator: torch.Generator) -> Tensor:
+        """P distinct classes in proportion to their ``remaining`` groups, such that ``left - 1`` more
+        batches stay possible: of the classes with ``>= left`` groups (each needed in every batch left
+        unless others have groups to spare), at most the spare groups' count is left out."""
+        spare = int(remaining.clamp(max=left).sum()) - self.classes_per_batch * left
+        full = (remaining >= left).nonzero().flatten()
+        needed = max(0, len(full) - spare)
+        chosen = full[torch.multinomial(remaining[full], needed, generator=generator)] if needed else full[:0]
+        weights = remaining.clone()
+        weights[chosen] = 0
+        others = self.classes_per_batch - needed
+        drawn = torch.multinomial(weights, others, generator=generator) if others else chosen[:0]
+        return torch.cat([chosen, drawn])
 
     def _shuffled_groups(self, positions: Tensor, generator: torch.Generator) -> Tensor:
         """Shuffle a class's positions into ``(ceil(n / K), K)`` groups, the last topped up from the first."""
@@ -135,6 +155,16 @@ class ClassBalancedBatchSampler(ShardedBatchSampler):
         # the top-up comes from the first groups, so it never repeats an image of the last group (n >= K)
         shortfall = -len(shuffled) % self.samples_per_class
         return torch.cat([shuffled, shuffled[:shortfall]]).view(-1, self.samples_per_class)
+
+
+def most_batches(groups_per_class: Sequence[int], classes_per_batch: int) -> int:
+    """The most batches of ``classes_per_batch`` distinct classes that classes with ``groups_per_class``
+    groups fill: the largest ``b`` with ``sum(min(g, b)) >= classes_per_batch * b``."""
+    groups = torch.as_tensor(groups_per_class)
+    batches = int(groups.sum()) // classes_per_batch
+    while int(groups.clamp(max=batches).sum()) < classes_per_batch * batches:
+        batches -= 1
+    return batches
 
 
 def _check_class_sizes(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from pytorch_metric_learning.utils.distributed import (
     DistributedLossWrapper,
     DistributedMinerWrapper,
@@ -32,6 +34,12 @@ def lr_groups(*groups: tuple[list[nn.Parameter], float | None]) -> list[dict[str
     """Optimizer parameter groups from ``(parameters, lr)`` pairs: ``lr`` set where not ``None``, empty
     groups left out."""
     return [{"params": params} | ({"lr": lr} if lr is not None else {}) for params, lr in groups if params]
+
+
+def rescaled(lr: float, old: float, new: float) -> float:
+    """A learning rate moved from a schedule based on ``old`` to one based on ``new``: ``lr * new / old``
+    (``new`` when ``old`` is 0)."""
+    return lr * new / old if old else new
 
 
 class RetrievalModule(L.LightningModule):
@@ -60,6 +68,9 @@ class RetrievalModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.scheduler_monitor = scheduler_monitor
+        #: Learning rate of each optimizer parameter group as configured (before any scheduler acts).
+        self.configured_lrs: list[float] | None = None
+        self._checkpoint_lrs: list[float] | None = None
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Return the evaluation embeddings (B, D) of a batch of images."""
@@ -77,13 +88,25 @@ class RetrievalModule(L.LightningModule):
         """Compute the loss, refusing to step on a NaN or infinite one."""
         loss = self.training_loss(batch)
         if not torch.isfinite(loss):
-            raise TrainingError(
-                f"the training loss became {loss.item()} at step {self.global_step} "
-                f"(epoch {self.current_epoch}); no update was made from it and the last checkpoint is "
-                "intact: lower the learning rate or check the data, then resume with --ckpt_path last"
-            )
+            raise TrainingError(self._non_finite_loss_message(loss.item()))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["label"]))
         return loss
+
+    def _non_finite_loss_message(self, loss: float) -> str:
+        callback = self.trainer.checkpoint_callback
+        saved = callback and (callback.last_model_path or callback.best_model_path)
+        lower_lr = "a lower learning rate (--model.init_args.optimizer.init_args.lr)"
+        if saved and Path(saved).is_file():
+            advice = (
+                f"checkpoint {saved} was saved before it: resume from it with {lower_lr} and --ckpt_path "
+                f"{saved} (the configured learning rate replaces the checkpoint's)"
+            )
+        else:
+            advice = f"no checkpoint was saved yet: start again with {lower_lr}"
+        return (
+            f"the training loss became {loss} at step {self.global_step} (epoch {self.current_epoch}) and no "
+            f"update was made from it; {advice}, or check the data"
+        )
 
     def validation_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
@@ -113,6 +136,36 @@ class RetrievalModule(L.LightningModule):
         hparams = checkpoint.get("hyper_parameters", {})
         for key in [key for key, value in hparams.items() if callable(value)]:
             del hparams[key]
+        checkpoint["configured_lrs"] = self.configured_lrs
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the learning rates the checkpoint's run was configured with, for :meth:`on_train_start`."""
+        self._checkpoint_lrs = checkpoint.get("configured_lrs")
+
+    def on_train_start(self) -> None:
+        """On resume, apply each configured learning rate that differs from the checkpoint run's: the group's
+        rate and its scheduler's base rate are scaled by the ratio (so a schedule goes on from where it was),
+        with a log line."""
+        saved, self._checkpoint_lrs = self._checkpoint_lrs, None
+        # only a resumed fit restores the optimizer: weights loaded otherwise train at the configured rates
+        if self.trainer.ckpt_path is None or saved is None or len(saved) != len(self.configured_lrs or []):
+            return
+        schedulers = [config.scheduler for config in self.trainer.lr_scheduler_configs]
+        for index, (group, new, old) in enumerate(
+            zip(self.trainer.optimizers[0].param_groups, self.configured_lrs, saved, strict=True)
+        ):
+            if new == old:
+                continue
+            for key in ("lr", "initial_lr"):  # initial_lr: the base of an LRScheduler
+                if key in group:
+                    group[key] = rescaled(group[key], old, new)
+            for scheduler in schedulers:
+                if hasattr(scheduler, "base_lrs"):
+                    scheduler.base_lrs[index] = rescaled(scheduler.base_lrs[index], old, new)
+            rank_zero_info(
+                f"parameter group {index}: the configured learning rate {new:g} replaces the checkpoint's "
+                f"{old:g}; training goes on at {group['lr']:g}"
+            )
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Return the optimizer's parameter groups (one group of everything by default)."""
@@ -121,6 +174,7 @@ class RetrievalModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         """Build the optimizer on :meth:`parameter_groups` and the optional scheduler."""
         optimizer = self.optimizer_factory(self.parameter_groups())
+        self.configured_lrs = [group["lr"] for group in optimizer.param_groups]
         if self.scheduler_factory is None:
             return optimizer
         scheduler = {"scheduler": self.scheduler_factory(optimizer), "interval": self.scheduler_interval}

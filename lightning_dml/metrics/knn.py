@@ -182,6 +182,19 @@ def _faiss_search(
     gallery_ids: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """Faiss flat-index search for enough items that ``k`` remain after dropping same-id ones."""
+    extra = 0 if query_ids is None else int(count_matches(query_ids, gallery_ids).max())
+    scores, indices = faiss_flat_search(queries, gallery, min(k + extra, len(gallery)), metric)
+    if query_ids is not None:
+        scores = scores.masked_fill(query_ids[:, None] == gallery_ids[indices], float("-inf"))
+        # A stable sort moves the dropped items to the end and keeps faiss's order among the rest.
+        scores, order = torch.sort(scores, dim=1, descending=True, stable=True)
+        indices = indices.gather(1, order)
+    return scores[:, :k], indices[:, :k]
+
+
+def faiss_flat_search(queries: Tensor, gallery: Tensor, k: int, metric: Metric) -> tuple[Tensor, Tensor]:
+    """``(scores, indices)`` ``(Nq, k)`` of an exact faiss flat-index search (CPU, float32), on the
+    queries' device: similarities as defined above (faiss's squared L2 negated), ``-1`` past the gallery."""
     try:
         import faiss
     except ImportError as error:
@@ -189,22 +202,11 @@ def _faiss_search(
             'backend="faiss" needs the faiss package; install it with `pip install faiss-cpu` '
             'or use backend="torch"'
         ) from error
-    extra = 0 if query_ids is None else int(count_matches(query_ids, gallery_ids).max())
     index = (faiss.IndexFlatIP if metric == "cosine" else faiss.IndexFlatL2)(gallery.shape[1])
     index.add(gallery.cpu().float().contiguous().numpy())
-    found_scores, found = index.search(
-        queries.cpu().float().contiguous().numpy(), min(k + extra, len(gallery))
-    )
-    indices = torch.from_numpy(found).to(queries.device)
+    found_scores, found = index.search(queries.cpu().float().contiguous().numpy(), k)
     scores = torch.from_numpy(found_scores).to(queries.device, queries.dtype)
-    if metric == "euclidean":
-        scores = -scores
-    if query_ids is not None:
-        scores = scores.masked_fill(query_ids[:, None] == gallery_ids[indices], float("-inf"))
-        # A stable sort moves the dropped items to the end and keeps faiss's order among the rest.
-        scores, order = torch.sort(scores, dim=1, descending=True, stable=True)
-        indices = indices.gather(1, order)
-    return scores[:, :k], indices[:, :k]
+    return scores if metric == "cosine" else -scores, torch.from_numpy(found).to(queries.device)
 
 
 def _finalise(scores: Tensor, indices: Tensor, k: int) -> Neighbours:

@@ -1,61 +1,105 @@
-"""What the retrieval metrics need from an exact ranking, computed without keeping the ranking.
+"""The one exact ranking of every query against a gallery, and its per-query result ``Ranking``.
 
 For a query with label y, the *relevant* gallery items are those labelled y whose id differs from the
-query's; same-id items (the query itself in leave-one-out) are left out of the ranking altogether.
-Recall@K only needs the rank of the best relevant item, and R-Precision and MAP@R only the first R
-positions, so a full top-k list (k = 1000 for SOP's Recall@1000) is never built:
+query's; same-id items (the query itself in leave-one-out) are left out of the ranking altogether. Items
+are ordered by similarity (``knn`` module docstring); items of equal similarity form a tie group whose
+internal order is uniformly random, and every measure is its expected value over that order (``ties``).
 
-- ``relevant``: R, the number of relevant items.
-- ``top_hits``: whether each of the first R ranked items is relevant (``m = max R`` columns, False
-  past the query's own R).
-- ``first_hit_rank``: how many items score strictly higher than the best relevant one: the 0-based rank of
-  the first hit, so Recall@K = [first_hit_rank < K] (a tie with the best relevant item counts in its
-  favour).
+**Exactness.** Orderings are decided on float64 similarities (cosine: float64-normalised inner products;
+euclidean: 2<q, g> - |g|² in float64, which ranks a row as -|q - g|² does). Scoring everything in float64
+would double the cost, so a float32 *screen* scores every pair first, and a query is re-scored in float64
+(its whole row, ``_exact_rows``) whenever a comparison its measures depend on is closer than twice the
+screen's worst-case error ``δ`` (``screen_tolerance``): another item near its best relevant score, two
+differently relevant items near each other among its first R, an item near its R-th score, or (with
+``votes``) an item near its best score. Elsewhere the float32 order is provably the float64 order. Exact
+duplicates are scored once (``torch.unique``), so they tie exactly in float64 too.
 
-Why hand-written: torch's ``topk`` with k = 1000 costs more than the matrix product itself on CPU, and
-faiss must keep a k-heap per query. Here the gallery is sorted by label (a query's relevant items are one
-column range) and each ``chunk × Ng`` block of scores is read by a few vectorised passes: a gather of the
-relevant range (its maximum is the best relevant score), group maxima for the top-m (``topm``), and one
-comparison with the best relevant score whose row sums are the first-hit ranks. In leave-one-out with
-high-dimensional embeddings, ``symmetric`` scores each pair once instead of twice.
+**The screens.** ``backend="torch"`` scores ``chunk × Ng`` blocks against the label-sorted gallery (a
+query's relevant items are one column range) and never keeps the full top-k list for Recall@K: the rank of
+the first hit is a count of the items above the best relevant score, and the first ``max R + 1`` items come
+from interleaved group maxima (``topm``). ``backend="faiss"`` takes the same facts from a faiss flat-index
+search of ``depth`` neighbours; queries whose first hit lies deeper are resolved in float64. Both give the
+same ``Ranking`` (top lists may order exact ties differently).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_dml.metrics.knn import (
     BLOCK_BYTES,
+    Backend,
     Metric,
     check_search_inputs,
-    count_matches,
+    faiss_flat_search,
     matching_positions,
     prepare_embeddings,
     resolve_gallery,
 )
-from lightning_dml.metrics.symmetric import leave_one_out_ranks
+from lightning_dml.metrics.ties import expected_precisions, expected_recall_at
 from lightning_dml.metrics.topm import best_of, group_count, row_candidates
 
 INF = float("inf")
+#: Unit roundoff of float32, the screen's precision.
+FLOAT32_ROUNDOFF = 2.0**-24
+#: Queries per pass of the per-query arithmetic on top lists (bounds its temporaries).
+ROWS_PER_PASS = 2**14
 
 
 @dataclass
-class RankSummary:
-    """Per query (in the caller's query order): ``relevant`` ``(Nq,)`` long, ``top_hits`` ``(Nq, m)``
-    bool and ``first_hit_rank`` ``(Nq,)`` long, as defined in the module docstring.
+class Ranking:
+    """Per query (in the caller's query order), what every retrieval measure and picture reads.
 
-    ``first_hit_rank`` is meaningless where ``relevant`` is 0.
+    - ``relevant`` ``(Nq,)``: R, the number of relevant gallery items.
+    - ``above``, ``tied``, ``tied_relevant`` ``(Nq,)``: items scoring strictly above the best relevant
+      item, items scoring equal to it (itself included) and the relevant ones among those; without ties
+      ``above`` is the 0-based rank of the first hit. Meaningless where R = 0.
+    - ``average_precision``, ``r_precision`` ``(Nq,)`` float64: expected AP@R and R-Precision, NaN where
+      R = 0.
+    - ``top_indices`` ``(Nq, k)``: gallery positions (the caller's order) of the best items, best first,
+      ``-1`` past the available items; ``top_scores``: their similarities (float64), ``-inf`` there.
+      ``k = max(max R + 1, top_k)``.
+    - ``votes`` ``(Nq, C)`` float64 (only when asked): the expected 1-NN vote of each query for each
+      gallery label ``vote_labels`` ``(C,)``: 1/t for each label among its t equally nearest items.
     """
 
     relevant: Tensor
-    top_hits: Tensor
-    first_hit_rank: Tensor
+    above: Tensor
+    tied: Tensor
+    tied_relevant: Tensor
+    average_precision: Tensor
+    r_precision: Tensor
+    top_indices: Tensor
+    top_scores: Tensor
+    votes: Tensor | None = None
+    vote_labels: Tensor | None = None
+
+    def recall_at(self, k: int) -> Tensor:
+        """Expected Recall@k per query ``(Nq,)`` float64: 1 if a relevant item ranks within the first k."""
+        return expected_recall_at(self.above, self.tied, self.tied_relevant, k)
 
 
-def rank_summary(
+def screen_tolerance(queries: Tensor, gallery: Tensor, metric: Metric) -> Tensor:
+    """Per query ``(Nq,)``: a bound δ on |float32 screen score - float64 score| for any gallery item.
+
+    Cosine (rows normalised in float32, then one float32 dot product): each normalised component is off by
+    at most (D/2 + 2)u relatively and the dot product accumulates D·u, so δ = (2D + 8)u with u = 2⁻²⁴.
+    Euclidean (screen value 2<q, g> - |g|², or faiss's |q|² + |g|² - 2<q, g>): δ = (D + 4)u·2(|q|² + max|g|²).
+    """
+    dim = queries.shape[1]
+    if metric == "cosine":
+        return queries.new_full((len(queries),), (2 * dim + 8) * FLOAT32_ROUNDOFF, dtype=torch.float64)
+    largest = float(gallery.double().square().sum(1).max()) if len(gallery) else 0.0
+    return (dim + 4) * FLOAT32_ROUNDOFF * 2 * (queries.double().square().sum(1) + largest)
+
+
+def rank(
     query_embeddings: Tensor,
     query_labels: Tensor,
     gallery_embeddings: Tensor | None = None,
@@ -64,172 +108,419 @@ def rank_summary(
     query_ids: Tensor | None = None,
     gallery_ids: Tensor | None = None,
     metric: Metric = "cosine",
+    top_k: int = 0,
+    votes: bool = False,
+    backend: Backend = "torch",
+    depth: int = 0,
     chunk_size: int | None = None,
     block_bytes: int = BLOCK_BYTES,
-) -> RankSummary:
-    """Exact ``RankSummary`` of every query against the gallery (module docstring).
+) -> Ranking:
+    """The exact ``Ranking`` of every query against the gallery (module docstring).
 
-    Without a gallery this is leave-one-out: the queries are the gallery and ``gallery_ids`` default to
-    ``query_ids`` (themselves ``arange(Nq)`` by default).
+    Without a gallery this is leave-one-out: the queries are the gallery, each query excluded by its id
+    (``query_ids``, default ``arange(Nq)``), never by position, so exact duplicates remain neighbours.
+    ``top_k``: keep at least this many best items per query; ``votes``: also compute the 1-NN votes;
+    ``depth``: faiss searches at least this many neighbours (e.g. the largest K of Recall@K).
 
-    Memory beyond the inputs (itemsize s = 4 for float32): one label-sorted, normalised copy of the
-    gallery (``Ng × D × s``; with a separate query set also its normalised copy, ``Nq × D × s``), one
-    reused score block of at most ``block_bytes`` (256 MiB by default: ``chunk_size × Ng × s`` plus its
-    group maxima, or in leave-one-out a strip and its count slice), and O(N × max R) results. When
-    ``chunk_size`` is None it is the largest that fits ``block_bytes``.
+    Memory (itemsize s = 4 for float32): a label-sorted prepared copy of the gallery, one reused score block
+    of at most ``block_bytes`` (``chunk_size × Ng × s``; ``chunk_size`` None = the largest that fits), and
+    O(Nq × k) results; re-scored queries use float64 blocks of the same budget.
     """
-    leave_one_out = gallery_embeddings is None
     gallery_embeddings, gallery_labels, query_ids, gallery_ids = resolve_gallery(
         query_embeddings, query_labels, gallery_embeddings, gallery_labels, query_ids, gallery_ids
     )
     check_search_inputs(
-        query_embeddings, gallery_embeddings, metric, query_ids, gallery_ids, "torch", chunk_size
+        query_embeddings, gallery_embeddings, metric, query_ids, gallery_ids, backend, chunk_size
     )
     device = query_embeddings.device
     query_labels, gallery_labels = query_labels.to(device).contiguous(), gallery_labels.to(device)
+    order = torch.argsort(gallery_labels, stable=True)  # a label's items become one column range
+    problem = _Problem(
+        query_labels=query_labels,
+        labels=gallery_labels[order],
+        excluded=None if query_ids is None else matching_positions(query_ids.to(device), gallery_ids[order]),
+        metric=metric,
+    )
+    width = max(problem.most_relevant + 1, top_k, 2)
+    if len(gallery_embeddings) == 0:
+        return _nothing_found(len(query_labels), width, votes, device)
+    queries = prepare_embeddings(query_embeddings, metric)
+    gallery = prepare_embeddings(gallery_embeddings, metric)[order]
+    tolerance = 2 * screen_tolerance(queries, gallery, metric)
+    with _full_float32_precision():
+        if backend == "faiss":
+            screen = _faiss_screen(queries, gallery, problem, max(width, depth), tolerance)
+        else:
+            screen = _torch_screen(queries, gallery, problem, width, tolerance, chunk_size, block_bytes)
+    columns, scores, above, window = screen
+    columns, scores = _pad_columns(columns, scores, width)
+    columns, scores = columns[:, :width], scores[:, :width]
+    hits = problem.hits(columns, scores)
+    labels = problem.labels[columns.clamp(min=0, max=max(len(problem.labels) - 1, 0))]
+    unclear = _unclear(scores, hits, labels, problem.relevant, above < 0, tolerance, votes)
+    ranked = _Ranked.from_screen(problem, columns, scores.double(), hits, above, votes)
+    sorted_gallery = gallery_embeddings[order]
+    _resolve_windows(ranked, window, query_embeddings, sorted_gallery, problem)
+    rows = torch.nonzero(unclear).flatten()
+    if len(rows):
+        _exact_rows(ranked, rows, query_embeddings, sorted_gallery, problem, width, block_bytes)
+    if metric == "euclidean" and backend == "torch":  # its screen values lack the constant -|q|²
+        clear = ~unclear
+        ranked.scores[clear] -= queries[clear].double().square().sum(1, keepdim=True)
+    return ranked.finish(problem, order)
 
-    # Sorting the gallery by label makes each query's relevant items one contiguous column range.
-    order = torch.argsort(gallery_labels, stable=True)
-    gallery_labels = gallery_labels[order]
-    most_relevant = _max_relevant(query_labels, gallery_labels)
-    groups = group_count(len(gallery_labels), most_relevant)
-    gallery = _sorted_padded_gallery(gallery_embeddings, order, metric, groups)
-    if leave_one_out:  # the sorted gallery is the query set too: no second copy
-        queries, query_labels = gallery[: len(order)], gallery_labels
-        query_ids = gallery_ids = query_ids.to(device)[order]
-    else:
-        queries = prepare_embeddings(query_embeddings, metric)
-        gallery_ids = None if gallery_ids is None else gallery_ids.to(device)[order]
-        query_ids = None if query_ids is None else query_ids.to(device)
-    depth = most_relevant - 1  # leave-one-out with unique ids: R = class size - 1
-    halve = leave_one_out and len(order) > 1 and _halving_pays(gallery.shape[1], depth)
-    if halve and len(torch.unique(query_ids)) == len(query_ids):  # same id = the diagonal only
-        relevant = count_matches(query_labels, gallery_labels) - 1
-        # chunk_size rows of the first (widest) strip, or strips of 4/5 of block_bytes (+1/5 for counts).
-        cells = chunk_size * len(gallery) if chunk_size else block_bytes * 4 // (5 * gallery.element_size())
-        columns, scores, first_hit_rank = leave_one_out_ranks(
-            gallery, gallery_labels, metric, groups, depth, cells
+
+def _nothing_found(n_queries: int, width: int, votes: bool, device: torch.device) -> Ranking:
+    """The ``Ranking`` against an empty gallery: every query lone, nothing listed."""
+    zeros = torch.zeros(n_queries, dtype=torch.long, device=device)
+    nan = torch.full((n_queries,), torch.nan, dtype=torch.float64, device=device)
+    return Ranking(
+        relevant=zeros,
+        above=zeros,
+        tied=zeros,
+        tied_relevant=zeros,
+        average_precision=nan,
+        r_precision=nan,
+        top_indices=torch.full((n_queries, width), -1, device=device),
+        top_scores=torch.full((n_queries, width), -INF, dtype=torch.float64, device=device),
+        votes=torch.zeros(n_queries, 0, dtype=torch.float64, device=device) if votes else None,
+        vote_labels=zeros[:0] if votes else None,
+    )
+
+
+@dataclass
+class _Problem:
+    """What every screen and the float64 pass share: labels sorted, relevant ranges, excluded ids."""
+
+    query_labels: Tensor
+    labels: Tensor  # the gallery's, sorted
+    excluded: Tensor | None  # per query, sorted gallery positions sharing its id, -1 padded
+    metric: Metric
+
+    def __post_init__(self) -> None:
+        self.range_start = torch.searchsorted(self.labels, self.query_labels, side="left")
+        self.range_length = (
+            torch.searchsorted(self.labels, self.query_labels, side="right") - self.range_start
         )
-        hits = _hits(columns, scores, relevant, gallery_labels, query_labels)
-    else:
-        relevant, hits, first_hit_rank = _summarise(
-            queries, query_labels, gallery, gallery_labels, query_ids, gallery_ids, metric, groups,
-            chunk_size, block_bytes,
-        )  # fmt: skip
-    summary = RankSummary(relevant=relevant, top_hits=hits, first_hit_rank=first_hit_rank)
-    if leave_one_out:  # back to the caller's query order
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order), device=device)
-        summary = RankSummary(*(values[inverse] for values in vars(summary).values()))
-    return summary
+        self.relevant = self.range_length
+        if self.excluded is not None:
+            stop = (self.range_start + self.range_length)[:, None]
+            inside = (self.excluded >= self.range_start[:, None]) & (self.excluded < stop)
+            self.relevant = self.range_length - inside.sum(1)
+        self.most_relevant = int(self.relevant.max()) if len(self.relevant) else 0
+        self.offsets = torch.arange(max(1, int(self.range_length.max()) if len(self.relevant) else 1))
+        self.offsets = self.offsets.to(self.labels.device)
+
+    def relevant_scores(self, block: Tensor, rows: Tensor | slice) -> Tensor:
+        """Each row's scores over its label's column range, ``-inf`` past the range."""
+        columns = (self.range_start[rows, None] + self.offsets).clamp_(max=max(block.shape[1] - 1, 0))
+        outside = self.offsets >= self.range_length[rows, None]
+        return block.gather(1, columns).masked_fill_(outside, -INF)
+
+    def exclude(self, block: Tensor, rows: Tensor | slice) -> None:
+        """Set the rows' same-id items to ``-inf`` in place."""
+        if self.excluded is None:
+            return
+        positions = self.excluded[rows]
+        row, slot = torch.nonzero(positions >= 0, as_tuple=True)
+        block[row, positions[row, slot]] = -INF
+
+    def hits(self, columns: Tensor, scores: Tensor, rows: Tensor | slice = slice(None)) -> Tensor:
+        """Whether each listed item (sorted gallery position) of ``rows`` is relevant to its query."""
+        listed = self.labels[columns.clamp(min=0, max=max(len(self.labels) - 1, 0))]
+        return (listed == self.query_labels[rows, None]) & (scores > -INF)
 
 
-def _halving_pays(dim: int, depth: int) -> bool:
-    """Whether scoring each pair once (``symmetric.leave_one_out_ranks``) beats scoring whole rows.
-
-    It halves the matrix product (cost ∝ ``dim``) but adds a top-``depth`` search per column of every
-    strip. Measured on 2 cores, 40k–60k items: 512-d with R ≤ 11 runs 35–40 % faster, 512-d with
-    R ≤ 59 10 % faster, 256-d and 128-d with R ≤ 99 30 % and 85 % slower.
-    """
-    return dim >= 8 * depth
-
-
-def _max_relevant(query_labels: Tensor, sorted_gallery_labels: Tensor) -> int:
-    """Largest number of gallery items sharing one query's label (an upper bound on R)."""
-    return int(count_matches(query_labels, sorted_gallery_labels).max()) if len(query_labels) else 0
-
-
-def _sorted_padded_gallery(embeddings: Tensor, order: Tensor, metric: Metric, groups: int) -> Tensor:
-    """Prepared gallery rows in ``order``, then zero rows up to a positive multiple of ``groups``.
-
-    Gathered and normalised in place, so the copy is the only ``Ng × D`` buffer made.
-    """
-    dtype = torch.promote_types(embeddings.dtype, torch.float32)
-    padded_length = max(1, -(-len(order) // groups)) * groups
-    gallery = embeddings.new_zeros(padded_length, embeddings.shape[1], dtype=dtype)
-    rows = gallery[: len(order)]
-    torch.index_select(embeddings.detach().to(dtype), 0, order, out=rows)
-    if metric == "cosine":  # the same arithmetic as F.normalize
-        rows.div_(torch.linalg.vector_norm(rows, dim=1, keepdim=True).clamp_min_(1e-12))
-    return gallery
-
-
-def _summarise(
+def _torch_screen(
     queries: Tensor,
-    query_labels: Tensor,
     gallery: Tensor,
-    gallery_labels: Tensor,
-    query_ids: Tensor | None,
-    gallery_ids: Tensor | None,
-    metric: Metric,
-    groups: int,
+    problem: _Problem,
+    width: int,
+    tolerance: Tensor,
     chunk_size: int | None,
     block_bytes: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(relevant, top_hits, first_hit_rank)`` per query, in query order, against a
-    label-sorted gallery padded to a multiple of ``groups``, one ``chunk × Ng`` block at a time.
-
-    Everything indexed per query is prepared once for all queries, so each chunk runs a fixed handful of
-    block-sized operations (small per-chunk operations cost more than their size suggests on a busy CPU).
-    """
-    n_gallery, width = len(gallery_labels), len(gallery)
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(columns, scores, above, window)`` from float32 blocks. Per query: its ``width`` best items (sorted
+    gallery positions and screen scores) and the items above its best relevant score + tolerance; and
+    ``window`` ``(2, P)``: (query, sorted gallery position) of every item within ± tolerance of a query's
+    best relevant score, for queries with more than that item there."""
+    n_gallery = len(gallery)
+    groups = group_count(n_gallery, width)
+    padded = max(1, -(-n_gallery // groups)) * groups
+    gallery = F.pad(gallery, (0, 0, 0, padded - n_gallery))
     if chunk_size is None:
-        chunk_size = max(1, block_bytes // ((width + width // groups) * gallery.element_size()))
+        chunk_size = max(1, block_bytes // ((padded + padded // groups) * gallery.element_size()))
     chunk_size = min(chunk_size, max(1, len(queries)))
-    # A query's relevant items: the column range of its label, less its same-id items.
-    range_start = torch.searchsorted(gallery_labels, query_labels, side="left")
-    range_length = torch.searchsorted(gallery_labels, query_labels, side="right") - range_start
-    offsets = torch.arange(max(1, int(range_length.max()) if len(queries) else 1), device=gallery.device)
-    relevant, excluded = range_length, None
-    if query_ids is not None:
-        same_id = matching_positions(query_ids, gallery_ids)
-        inside = (same_id >= range_start[:, None]) & (same_id < (range_start + range_length)[:, None])
-        relevant = range_length - inside.sum(1)
-        excluded = _flat_positions_per_chunk(same_id, chunk_size, width)
-    depth = int(relevant.max()) if len(queries) else 0
-
-    block_buffer = gallery.new_empty(chunk_size * width)
-    # Euclidean: 2<q, g> - |g|² ranks a row exactly as -|q - g|² does (|q|² is constant along the row).
-    shift = -gallery.square().sum(1) if metric == "euclidean" else None
+    # Euclidean: 2<q, g> - |g|² ranks a row as -|q - g|² does (|q|² is constant along the row).
+    shift = -gallery.square().sum(1) if problem.metric == "euclidean" else None
     if shift is not None:
-        shift[n_gallery:] = -INF  # padding rows
-    sum_dtype = torch.float64 if width >= 2**24 else None  # float32 sums of 0/1 are exact below 2^24
-    hits, first_hit_rank = [], []
-    for index, start in enumerate(range(0, len(queries), chunk_size)):
+        shift[n_gallery:] = -INF
+    sum_dtype = torch.float64 if padded >= 2**24 else None  # float32 sums of 0/1 are exact below 2^24
+    block_buffer = gallery.new_empty(chunk_size * padded)
+    results, pairs = [], []
+    for start in range(0, len(queries), chunk_size):
         rows = slice(start, start + chunk_size)
         chunk = queries[rows]
-        block = block_buffer[: len(chunk) * width].view(len(chunk), width)
+        block = block_buffer[: len(chunk) * padded].view(len(chunk), padded)
         if shift is None:
             torch.mm(chunk, gallery.T, out=block)
-            block[:, n_gallery:] = -INF  # padding rows
+            block[:, n_gallery:] = -INF
         else:
             torch.addmm(shift, chunk, gallery.T, alpha=2, out=block)
-        if excluded is not None:
-            block.view(-1).index_fill_(0, excluded[index], -INF)
-        relevant_columns = (range_start[rows, None] + offsets).clamp_(max=width - 1)
-        relevant_scores = block.gather(1, relevant_columns)
-        relevant_scores.masked_fill_(offsets >= range_length[rows, None], -INF)
-        columns, scores = best_of(*row_candidates(block, depth, groups), depth)
-        hits.append(_hits(columns, scores, relevant[rows], gallery_labels, query_labels[rows]))
-        first_hit_rank.append(block.gt_(relevant_scores.amax(1, keepdim=True)).sum(1, dtype=sum_dtype))
-
-    hits = torch.cat(hits) if hits else torch.zeros(0, depth, dtype=torch.bool, device=gallery.device)
-    first_hit_rank = torch.cat(first_hit_rank).long() if first_hit_rank else range_start.new_zeros(0)
-    return relevant, hits, first_hit_rank
-
-
-def _hits(columns: Tensor, scores: Tensor, relevant: Tensor, labels: Tensor, query_labels: Tensor) -> Tensor:
-    """``top_hits`` from top lists: relevant (same label, finite score) and within the query's first R."""
-    within_r = torch.arange(columns.shape[1], device=columns.device) < relevant[:, None]
-    # Padding columns (past the labels) hold -inf scores: clamp them to any valid label position.
-    same_label = labels[columns.clamp(max=len(labels) - 1)] == query_labels[:, None]
-    return same_label & (scores > -INF) & within_r
+        problem.exclude(block, rows)
+        relevant_scores = problem.relevant_scores(block, rows)
+        low, high = _window(relevant_scores.amax(1), tolerance[rows], block.dtype)
+        columns, scores = best_of(*row_candidates(block, width, groups), min(width, padded))
+        window = ((scores >= low) & (scores <= high)).sum(1)
+        # Rows whose window may pass the list's end, or holds another item than their best relevant one.
+        further = torch.nonzero((scores[:, -1] >= low[:, 0]) | (window > 1)).flatten()
+        part = block[further]
+        inside = (part >= low[further]) & (part <= high[further])
+        crowded = inside.view(torch.uint8).sum(1, dtype=torch.int32) > 1
+        row, column = torch.nonzero(inside & crowded[:, None], as_tuple=True)
+        pairs.append(torch.stack([further[row] + start, column]))
+        above = block.gt_(high).sum(1, dtype=sum_dtype).long()
+        results.append((columns, scores, above))
+    columns, scores, above = (torch.cat(parts) for parts in zip(*results, strict=True))
+    return columns, scores, above, torch.cat(pairs, 1)
 
 
-def _flat_positions_per_chunk(positions: Tensor, chunk_size: int, width: int) -> list[Tensor]:
-    """Per chunk of ``chunk_size`` queries, the flat block offsets ``row × width + column`` of the
-    non-negative entries of ``positions`` (``(Nq, m)`` gallery columns, ``-1`` padded)."""
-    rows, slots = torch.nonzero(positions >= 0, as_tuple=True)  # row-major, so rows ascend
-    flat = (rows % chunk_size) * width + positions[rows, slots]
-    n_chunks = -(-len(positions) // chunk_size)
-    return list(flat.split(torch.bincount(rows // chunk_size, minlength=n_chunks).tolist()))
+def _window(best: Tensor, tolerance: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(low, high)`` ``(rows, 1)``: best relevant score ± tolerance; lone queries (best = -inf) get an
+    empty window above everything."""
+    best = best.double()
+    low = torch.where(best > -INF, best - tolerance, INF)
+    return low[:, None].to(dtype), (best + tolerance)[:, None].to(dtype)
+
+
+def _faiss_screen(
+    queries: Tensor, gallery: Tensor, problem: _Problem, depth: int, tolerance: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``_torch_screen``'s facts from a faiss flat-index search; ``above`` is -1 (unknown: the query is
+    re-scored) where the first hit or the items within tolerance of it may lie past the searched list."""
+    n_gallery = len(gallery)
+    extra = 0 if problem.excluded is None else problem.excluded.shape[1]
+    searched = min(n_gallery, depth + extra)
+    scores, columns = faiss_flat_search(queries, gallery, searched, problem.metric)
+    scores = scores.masked_fill(columns < 0, -INF)
+    if problem.excluded is not None:
+        same_id = (columns[:, :, None] == problem.excluded[:, None, :]).any(2) & (columns >= 0)
+        scores = scores.masked_fill(same_id, -INF)
+    scores, sorted_order = torch.sort(scores, dim=1, descending=True, stable=True)
+    columns = columns.gather(1, sorted_order)
+    hits = problem.hits(columns, scores)
+    found_hit = hits.any(1)
+    best = scores.gather(1, hits.byte().argmax(1, keepdim=True))[:, 0].masked_fill(~found_hit, -INF)
+    low, high = _window(best, tolerance, scores.dtype)
+    inside = (scores >= low) & (scores <= high)
+    row, slot = torch.nonzero(inside & (inside.sum(1, keepdim=True) > 1), as_tuple=True)
+    above = (scores > high).sum(1)
+    # Unknown where the list may end inside the window or before the first hit: above = -1.
+    closed = found_hit & ((scores[:, -1] < low[:, 0]) | (searched == n_gallery))
+    return columns, scores, above.masked_fill(~closed, -1), torch.stack([row, columns[row, slot]])
+
+
+def _pad_columns(columns: Tensor, scores: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """Pad top lists to ``width`` columns with position -1 and score ``-inf``."""
+    missing = width - columns.shape[1]
+    if missing <= 0:
+        return columns, scores
+    return F.pad(columns, (0, missing), value=-1), F.pad(scores, (0, missing), value=-INF)
+
+
+def _unclear(
+    scores: Tensor,
+    hits: Tensor,
+    labels: Tensor,
+    relevant: Tensor,
+    unknown: Tensor,
+    tolerance: Tensor,
+    votes: bool,
+) -> Tensor:
+    """Queries whose measures depend on a screen comparison closer than ``tolerance`` (module docstring).
+
+    Reordering items of equal relevance changes no measure, so a close pair matters only between items of
+    different relevance: inside the first R, or anywhere along the chain of close pairs from position R
+    (which may run past the list: then the query is unclear too). ``unknown``: queries whose first hit the
+    screen could not place; ``votes``: the same chain rule on labels from the first position.
+    """
+    close = (scores[:, :-1] - scores[:, 1:]).double() <= tolerance[:, None]
+    positions = torch.arange(close.shape[1], device=scores.device)
+    differ = hits[:, :-1] != hits[:, 1:]
+    unclear = (close & differ & (positions < (relevant - 1)[:, None])).any(1)
+    unclear |= _unclear_chain(close, differ, (relevant - 1).clamp(min=0))
+    unclear = (unclear | unknown) & (relevant > 0)
+    if votes:
+        unclear |= _unclear_chain(close, labels[:, :-1] != labels[:, 1:], torch.zeros_like(relevant))
+    return unclear
+
+
+def _unclear_chain(close: Tensor, differ: Tensor, start: Tensor) -> Tensor:
+    """Whether the run of close pairs from position ``start`` holds a differing pair or reaches the end."""
+    from_start = torch.arange(close.shape[1], device=close.device) >= start[:, None]
+    chain = (close | ~from_start).cumprod(1).bool() & from_start
+    return (chain & differ).any(1) | chain[:, -1]
+
+
+@dataclass
+class _Ranked:
+    """The mutable per-query fields while screen results are replaced by float64 ones."""
+
+    columns: Tensor
+    scores: Tensor
+    hits: Tensor
+    above: Tensor
+    tied: Tensor
+    tied_relevant: Tensor
+    boundary_tied: Tensor
+    boundary_relevant: Tensor
+    vote_codes: Tensor | None
+    votes: Tensor | None
+    vote_labels: Tensor | None
+
+    @classmethod
+    def from_screen(
+        cls, problem: _Problem, columns: Tensor, scores: Tensor, hits: Tensor, above: Tensor, votes: bool
+    ) -> _Ranked:
+        """Fields of queries whose screen is clear: no ties that matter, groups within the list."""
+        last = (problem.relevant - 1).clamp(min=0)[:, None]
+        in_boundary = scores == scores.gather(1, last)
+        ones = torch.ones_like(above)
+        vote_labels = vote_codes = votes_matrix = None
+        if votes:
+            vote_labels, vote_codes = torch.unique(problem.labels, return_inverse=True)
+            votes_matrix = torch.zeros(
+                len(columns), len(vote_labels), dtype=torch.float64, device=hits.device
+            )
+            nearest = columns[:, 0]
+            present = torch.nonzero(nearest >= 0).flatten()
+            votes_matrix[present, vote_codes[nearest[present]]] = 1.0
+        return cls(
+            columns=columns,
+            scores=scores,
+            hits=hits,
+            above=above,
+            tied=ones,
+            tied_relevant=ones.clone(),
+            boundary_tied=in_boundary.sum(1),
+            boundary_relevant=(in_boundary & hits).sum(1),
+            vote_codes=vote_codes,
+            votes=votes_matrix,
+            vote_labels=vote_labels,
+        )
+
+    def finish(self, problem: _Problem, order: Tensor) -> Ranking:
+        """Expected AP@R and R-Precision from the lists, and the ``Ranking`` in the caller's positions."""
+        average_precision, r_precision = [], []
+        for rows in torch.arange(len(self.columns), device=self.columns.device).split(ROWS_PER_PASS):
+            ap, rp = expected_precisions(
+                self.scores[rows],
+                self.hits[rows],
+                problem.relevant[rows],
+                self.boundary_tied[rows],
+                self.boundary_relevant[rows],
+            )
+            average_precision.append(ap)
+            r_precision.append(rp)
+        empty = self.scores.new_zeros(0, dtype=torch.float64)
+        return Ranking(
+            relevant=problem.relevant,
+            above=self.above,
+            tied=self.tied,
+            tied_relevant=self.tied_relevant,
+            average_precision=torch.cat(average_precision) if average_precision else empty,
+            r_precision=torch.cat(r_precision) if r_precision else empty,
+            top_indices=torch.where(self.columns >= 0, order[self.columns.clamp(min=0)], -1),
+            top_scores=self.scores,
+            votes=self.votes,
+            vote_labels=self.vote_labels,
+        )
+
+
+def _resolve_windows(
+    ranked: _Ranked, window: Tensor, query_embeddings: Tensor, sorted_gallery: Tensor, problem: _Problem
+) -> None:
+    """Place each query's best relevant item among the items of its screen window (``(2, P)`` pairs of
+    query and sorted gallery position) by their float64 scores: ``above``, ``tied``, ``tied_relevant``."""
+    rows, columns = window
+    if rows.numel() == 0:
+        return
+    queries, items = query_embeddings[rows].double(), sorted_gallery[columns].double()
+    dot = (queries * items).sum(1)
+    if problem.metric == "cosine":
+        scores = dot / (queries.norm(dim=1) * items.norm(dim=1)).clamp(min=1e-300)
+    else:
+        scores = 2 * dot - items.square().sum(1)
+    relevant = problem.labels[columns] == problem.query_labels[rows]  # same-id items are never in a window
+    best = torch.full((len(ranked.above),), -INF, dtype=torch.float64, device=scores.device)
+    best.scatter_reduce_(0, rows, scores.masked_fill(~relevant, -INF), "amax")
+    best = best[rows]
+    count = torch.zeros_like(ranked.above)
+    involved = torch.unique(rows)
+    ranked.above[involved] += count.index_add(0, rows, ((scores > best) & ~relevant).long())[involved]
+    ranked.tied[involved] = count.index_add(0, rows, (scores == best).long())[involved]
+    ranked.tied_relevant[involved] = count.index_add(0, rows, ((scores == best) & relevant).long())[involved]
+
+
+def _exact_rows(
+    ranked: _Ranked,
+    rows: Tensor,
+    query_embeddings: Tensor,
+    sorted_gallery: Tensor,
+    problem: _Problem,
+    width: int,
+    block_bytes: int,
+) -> None:
+    """Replace the screen's fields of ``rows`` by those of whole float64 rows (module docstring)."""
+    gallery = _prepare_float64(sorted_gallery, problem.metric)
+    unique, inverse = torch.unique(gallery, dim=0, return_inverse=True)  # duplicates score identically
+    shift = -unique.square().sum(1) if problem.metric == "euclidean" else None
+    n_gallery = len(gallery)
+    chunk_size = max(1, block_bytes // (3 * max(n_gallery, 1) * 8))
+    for part in rows.split(chunk_size):
+        queries = _prepare_float64(query_embeddings[part], problem.metric)
+        if shift is None:
+            block = (queries @ unique.T)[:, inverse]
+        else:
+            block = torch.addmm(shift, queries, unique.T, alpha=2)[:, inverse]
+        problem.exclude(block, part)
+        relevant_scores = problem.relevant_scores(block, part)
+        best = relevant_scores.amax(1, keepdim=True)
+        ranked.above[part] = (block > best).sum(1)
+        ranked.tied[part] = (block == best).sum(1)
+        ranked.tied_relevant[part] = (relevant_scores == best).sum(1)
+        scores, columns = block.topk(min(width, n_gallery), dim=1)
+        columns, scores = _pad_columns(columns.masked_fill(scores == -INF, -1), scores, width)
+        boundary = scores.gather(1, (problem.relevant[part] - 1).clamp(min=0)[:, None])
+        ranked.boundary_tied[part] = (block == boundary).sum(1)
+        ranked.boundary_relevant[part] = (relevant_scores == boundary).sum(1)
+        if ranked.votes is not None:
+            nearest = (block == scores[:, :1]) & (block > -INF)
+            row, column = torch.nonzero(nearest, as_tuple=True)
+            votes = torch.zeros(len(part), ranked.votes.shape[1], dtype=torch.float64, device=block.device)
+            votes.index_put_(
+                (row, ranked.vote_codes[column]), torch.ones_like(row, dtype=torch.float64), True
+            )
+            ranked.votes[part] = votes / nearest.sum(1, keepdim=True).clamp(min=1)
+        if problem.metric == "euclidean":
+            scores = scores - queries.square().sum(1, keepdim=True)
+        ranked.columns[part] = columns
+        ranked.scores[part] = scores
+        ranked.hits[part] = problem.hits(columns, scores, part)
+
+
+def _prepare_float64(embeddings: Tensor, metric: Metric) -> Tensor:
+    """Float64 copy of ``embeddings``, L2-normalised in float64 for ``"cosine"``."""
+    embeddings = embeddings.detach().double()
+    return F.normalize(embeddings, dim=1) if metric == "cosine" else embeddings
+
+
+@contextmanager
+def _full_float32_precision() -> Iterator[None]:
+    """Float32 matrix products in full float32 (no TF32 or bf16 passes), as ``screen_tolerance`` assumes."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)

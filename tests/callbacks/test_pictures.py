@@ -21,7 +21,7 @@ from lightning_dml.callbacks.plots import (
 from lightning_dml.cli import DMLCLI
 from lightning_dml.data import RetrievalDataset, TensorImages
 from lightning_dml.errors import DataError
-from lightning_dml.metrics import average_precision_at_r, rank_summary, retrieval_metrics
+from lightning_dml.metrics import rank, retrieval_metrics
 
 # The known case of the retrieval_metrics doctest: points on a line, euclidean, leave-one-out.
 LINE = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [7.0, 0.0], [8.0, 0.0]])
@@ -117,8 +117,7 @@ def test_grid_resizes_cells_and_refuses_mismatched_shapes():
 
 def test_average_precision_per_query_on_a_hand_computed_case():
     # Leave-one-out, euclidean; R = 1, 2, 1, 2, 2; only queries 3 and 4 find a relevant item first.
-    summary = rank_summary(LINE, LINE_LABELS, metric="euclidean")
-    ap = average_precision_at_r(summary)
+    ap = rank(LINE, LINE_LABELS, metric="euclidean").average_precision
     torch.testing.assert_close(ap, torch.tensor([0.0, 0.0, 0.0, 0.5, 0.5], dtype=torch.float64))
 
 
@@ -129,7 +128,7 @@ def test_average_precision_averages_to_map_at_r_and_lone_queries_are_nan():
         torch.randint(0, 6, (80,), generator=generator),
     )
     labels[0] = 99  # a lone query
-    ap = average_precision_at_r(rank_summary(embeddings, labels))
+    ap = rank(embeddings, labels).average_precision
     assert ap[0].isnan() and not ap[1:].isnan().any()
     assert float(ap[1:].mean()) == pytest.approx(retrieval_metrics(embeddings, labels)["map@r"], abs=1e-9)
 

@@ -2,11 +2,15 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from sklearn.datasets import load_digits
+from sklearn.metrics import f1_score, recall_score
 
 from lightning_dml.cli import DMLCLI
 from lightning_dml.errors import DataError
 from tests.conftest import quick_cli_args
+from tests.reference import assert_logged, brute_force_metrics, embed_loader
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,7 +36,18 @@ def test_teacher_then_student_through_the_cli(tmp_path):
     )
     metrics = student.trainer.callback_metrics
     assert {"test/recall@1", "test/map@r", "test/nmi", "test/1nn_macro_f1"} <= set(metrics)
-    assert 0.0 <= float(metrics["test/1nn_macro_f1"]) <= 1.0
+    # the test images (queries) searched among the training images (gallery), recomputed by brute force
+    test = embed_loader(student.model, student.datamodule.test_dataloader())
+    embeddings, labels, query = test["embeddings"], test["label"], test["is_query"].astype(bool)
+    queries = sum(int(0.3 * n) for n in np.bincount(load_digits().target))  # test_fraction 0.3 of each digit
+    assert (query.sum(), (~query).sum()) == (queries, 1797 - queries)
+    distances = np.linalg.norm(embeddings[query][:, None] - embeddings[~query][None], axis=-1)
+    truth, predicted = labels[query], labels[~query][distances.argmin(1)]
+    expected = brute_force_metrics(embeddings, labels, query, ~query, metric="euclidean") | {
+        "1nn_macro_recall": recall_score(truth, predicted, labels=np.unique(truth), average="macro"),
+        "1nn_macro_f1": f1_score(truth, predicted, labels=np.unique(truth), average="macro"),
+    }
+    assert_logged(metrics, "test", expected)
 
     (run / "targets.pt").unlink()  # from the checkpoint instead: the targets are computed and saved again
     fit(

@@ -116,8 +116,15 @@ def test_class_folder_without_images_is_named(tmp_path):
 
 def test_unknown_train_classes_are_named(tmp_path):
     write_tree(tmp_path, CLASSES)
-    with pytest.raises(DataError, match=r"no folder .*: zebra; the classes are a_cat, b_dog, c_eel, d_fox"):
+    with pytest.raises(
+        DataError,
+        match=r"train_classes .* unknown classes zebra; the valid classes are a_cat, b_dog, c_eel, d_fox$",
+    ):
         ImageFolder(root=str(tmp_path), train_classes=["a_cat", "zebra"]).build()
+    with pytest.raises(
+        DataError, match=r"train_classes .* lists a_cat more than once; list each class once$"
+    ):
+        ImageFolder(root=str(tmp_path), train_classes=["a_cat", "b_dog", "a_cat"]).build()
 
 
 def test_train_classes_must_leave_test_classes(tmp_path):

@@ -45,6 +45,15 @@ def test_ranks_take_disjoint_whole_batches_of_the_same_plan():
     ]
 
 
+def test_len_equals_batches_yielded_on_every_rank_and_epoch():
+    for world_size in (1, 2, 5):
+        for rank in range(world_size):
+            sampler = ClassPairTripletSampler(LABELS, 2, seed=3, num_replicas=world_size, rank=rank)
+            for epoch in range(3):
+                sampler.set_epoch(epoch)
+                assert len(sampler) == len(list(sampler)) == 12 // world_size
+
+
 def test_classes_smaller_than_2b_are_refused():
     with pytest.raises(DataError, match=r"2b=8 images per class, but classes \[1\]"):
         ClassPairTripletSampler(LABELS, 4)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_dml.data.sampler import ClassBalancedBatchSampler
+from lightning_dml.data.sampler import ClassBalancedBatchSampler, most_batches
 from lightning_dml.errors import DataError
 
 
@@ -48,14 +48,19 @@ def test_every_image_visited_once_when_sizes_are_multiples_of_k(sizes, classes_p
         assert sorted(visited) == list(range(len(labels)))
 
 
-def test_uneven_classes_use_nearly_all_possible_batches():
+def test_uneven_classes_use_all_possible_batches_every_epoch():
     generator = torch.Generator().manual_seed(1)
     for seed in range(5):
         groups = torch.randint(1, 8, (30,), generator=generator)
+        if seed % 2:
+            groups[0] = 60  # a class too large to fit: some of its groups cannot be used
         sampler = ClassBalancedBatchSampler(labels_with_sizes((3 * groups).tolist()), 8, 3, seed=seed)
-        visited = [i for batch in sampler for i in batch]
-        assert len(visited) == len(set(visited))  # no image twice when sizes are multiples of K
-        assert len(sampler) >= 0.9 * max_batches(groups.tolist(), 8)
+        assert most_batches(groups.tolist(), 8) == max_batches(groups.tolist(), 8)
+        for epoch in range(4):
+            sampler.set_epoch(epoch)
+            visited = [i for batch in sampler for i in batch]
+            assert len(visited) == len(set(visited))  # no image twice when sizes are multiples of K
+            assert len(visited) == 24 * max_batches(groups.tolist(), 8)
 
 
 def test_deterministic_per_seed_and_epoch():
@@ -102,14 +107,16 @@ def test_world_is_read_from_torch_distributed_at_iteration_time(monkeypatch):
     assert list(sampler) == list(global_plan)[1::3]
 
 
-def test_len_equals_batches_yielded():
-    labels = labels_with_sizes([3, 10, 4, 7, 5, 3, 8])
+def test_len_equals_batches_yielded_and_is_the_same_every_epoch():
+    labels = labels_with_sizes([3, 10, 4, 7, 5, 3, 8, 30])  # uneven: the old greedy plan varied in length
     for world_size in (1, 2, 3):
         for rank in range(world_size):
             sampler = ClassBalancedBatchSampler(labels, 3, 3, num_replicas=world_size, rank=rank)
-            for epoch in range(4):
+            lengths = set()
+            for epoch in range(8):
                 sampler.set_epoch(epoch)
-                assert len(sampler) == len(list(sampler))
+                lengths |= {len(sampler), len(list(sampler))}
+            assert lengths == {max_batches([1, 4, 2, 3, 2, 1, 3, 10], 3) // world_size}
 
 
 def test_lightning_calls_set_epoch():

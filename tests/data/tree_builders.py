@@ -27,6 +27,12 @@ def write_jpeg(path: Path, seed: int, size: tuple[int, int] = (24, 20)) -> None:
     image.save(path, "JPEG")
 
 
+def recolour(folder: Path) -> None:
+    """Give every JPEG under ``folder`` a colour of its own, so that the images of a class differ."""
+    for seed, path in enumerate(sorted(folder.rglob("*.jpg")), 1):
+        write_jpeg(path, seed)
+
+
 def spread(total: int, class_ids: range) -> dict[int, int]:
     """Return ``total`` images shared as evenly as possible among ``class_ids``."""
     base, extra = divmod(total, len(class_ids))

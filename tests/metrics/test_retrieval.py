@@ -9,13 +9,7 @@ from pytorch_metric_learning.utils.inference import CustomKNN, FaissKNN
 
 import lightning_dml.metrics.retrieval as retrieval_module
 from lightning_dml.errors import DataError
-from lightning_dml.metrics import (
-    Neighbours,
-    count_relevant,
-    metrics_from_neighbours,
-    metrics_from_ranks,
-    retrieval_metrics,
-)
+from lightning_dml.metrics import count_relevant, retrieval_metrics
 
 PML_NAMES = {
     "precision@1": "precision_at_1",
@@ -51,21 +45,6 @@ def brute_force_recall(query, query_labels, gallery, gallery_labels, ks, leave_o
     return {f"recall@{k}": ranked_hits[counted, :k].any(dim=1).double().mean().item() for k in ks}
 
 
-def test_hand_case_from_neighbours():
-    # Query 0 (label 0, R=3) sees labels 0,1,0,0: P@1 1, RP 2/3, MAP@R (1/1 + 2/3)/3 = 5/9, hit at rank 1.
-    # Query 1 (label 1, R=1) sees labels 0,1,...: P@1 0, RP 0, MAP@R 0, first hit at rank 2.
-    # Query 2 (label 2, R=0) is lone and left out of every mean.
-    gallery_labels = torch.tensor([0, 1, 0, 0, 2])
-    neighbours = Neighbours(
-        indices=torch.tensor([[0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3]]), scores=torch.zeros(3, 4)
-    )
-    result = metrics_from_neighbours(
-        neighbours, torch.tensor([0, 1, 2]), gallery_labels, torch.tensor([3, 1, 0]), recall_at=(1, 2)
-    )
-    expected = {"recall@1": 0.5, "recall@2": 1.0, "precision@1": 0.5, "r_precision": 1 / 3, "map@r": 5 / 18}
-    assert result == pytest.approx(expected, abs=1e-12)
-
-
 def test_hand_case_end_to_end_leave_one_out():
     # Points 0, 1, 3, 7, 8 on a line; labels a, b, a, b, b. Nearest-first label lists (self excluded):
     # 0: b a b b (R=1)  1: a a b b (R=2)  3: b a b b (R=1)  7: b a b a (R=2)  8: b a b a (R=2)
@@ -92,7 +71,6 @@ def test_count_relevant_excludes_same_id_only():
     assert count_relevant(torch.tensor([4]), labels, torch.tensor([1]), gallery_ids).tolist() == [1]
 
 
-# 256 dimensions take the half-matrix path (symmetric.py), 16 the whole-row path.
 @pytest.mark.parametrize(
     ("seed", "n_classes", "dim", "spread"), [(0, 30, 16, 0.8), (1, 30, 16, 0.8), (2, 300, 256, 2.0)]
 )
@@ -151,15 +129,6 @@ def test_torch_and_faiss_backends_agree_up_to_deep_recall(make_clustered, metric
     assert by_torch["recall@1"] < by_torch["recall@10"] < by_torch["recall@100"] < 1.0
 
 
-def test_metrics_from_ranks_hand_case():
-    # Query 0: R=2, hits at ranks 1 and 3 of the first R=2 -> RP 1/2, MAP@R 1/2; first hit rank 0.
-    # Query 1: R=1, first hit at rank 4 (0-based 3) -> recall@4 only. Query 2: lone, left out.
-    top_hits = torch.tensor([[True, False], [False, False], [False, False]])
-    result = metrics_from_ranks(top_hits, torch.tensor([0, 3, 0]), torch.tensor([2, 1, 0]), recall_at=(1, 4))
-    expected = {"recall@1": 0.5, "recall@4": 1.0, "precision@1": 0.5, "r_precision": 0.25, "map@r": 0.25}
-    assert result == pytest.approx(expected, abs=1e-12)
-
-
 def test_chunk_size_and_backend_do_not_change_metrics(clustered):
     embeddings, labels = clustered
     reference = retrieval_metrics(embeddings, labels)
@@ -178,12 +147,6 @@ def test_duplicate_embeddings_count_as_correct_neighbours():
 def test_all_lone_queries_give_nan():
     result = retrieval_metrics(torch.eye(3), torch.tensor([0, 1, 2]), recall_at=(1,))
     assert all(math.isnan(value) for value in result.values())
-
-
-def test_too_few_neighbour_columns_raises():
-    neighbours = Neighbours(indices=torch.zeros(1, 2, dtype=torch.long), scores=torch.zeros(1, 2))
-    with pytest.raises(DataError, match="search with a larger k"):
-        metrics_from_neighbours(neighbours, torch.tensor([0]), torch.tensor([0]), torch.tensor([3]))
 
 
 @pytest.mark.parametrize(
