@@ -279,11 +279,11 @@ def memory_formula_mib(scenario: Scenario, depth: int) -> float:
 
     4·D·(Ng + Nq') bytes for the normalised copies (Nq' = 0 in leave-one-out), the 256 MiB score block
     and at most as much again for the rows it re-examines, and 26 bytes per query and listed item
-    (k = max R + 1: positions, float32 and float64 scores, hit flags).
+    (k = max R + 4: positions, float32 and float64 scores, hit flags).
     """
     gallery = scenario.queries if scenario.gallery is None else scenario.gallery
     copies = gallery.numel() + (0 if scenario.gallery is None else scenario.queries.numel())
-    return (4 * copies + 2 * BLOCK_BYTES + 26 * len(scenario.queries) * (depth + 1)) / 2**20
+    return (4 * copies + 2 * BLOCK_BYTES + 26 * len(scenario.queries) * (depth + 4)) / 2**20
 
 
 def run_nmi(scenario: Scenario) -> dict:
@@ -325,7 +325,7 @@ def render(results: dict, environment: dict) -> str:
         f"{environment['pressure_end']}. Total run time {environment['total_seconds']:.0f} s.",
         "",
         "Time: best of the repeats (methods interleaved). k: the top-k list a method searches; ours/torch "
-        "keeps no top-k list for Recall@K, only the first max R + 1 items (k shown: max R) and counts. "
+        "keeps no top-k list for Recall@K, only the first max R + 4 items (k shown: max R) and counts. "
         "Peak: extra resident memory during the call. Δ: largest absolute difference from PML over "
         "precision@1, R-Precision, MAP@R.",
         "",

@@ -6,7 +6,7 @@ import torch
 
 from lightning_dml.errors import DataError
 from lightning_dml.metrics import nearest_neighbour_classification, rank, retrieval_metrics
-from lightning_dml.metrics.ranking import screen_tolerance
+from lightning_dml.metrics.ranking import _halving_pays, screen_tolerance
 from tests.metrics.reference import float64_scores, reference_metrics
 
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision", "map@r")
@@ -194,3 +194,40 @@ def test_bad_input_raises_data_error():
         rank(queries, labels, torch.ones(3, 4), labels)
     with pytest.raises(DataError, match="both query_ids and gallery_ids"):
         rank(queries, labels, queries, labels, query_ids=torch.arange(3))
+
+
+def rotated_circle(n=3000, n_classes=300, dim=256, seed=1):
+    """Near-tied 2-D circle points turned into ``dim`` dimensions (small classes: the half-matrix path)."""
+    points, labels = circle(n=n, n_classes=n_classes, seed=seed)
+    basis = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(seed)))[0]
+    return (points @ basis[:2]).float(), labels
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_half_matrix_path_resolves_near_ties(backend):
+    embeddings, labels = rotated_circle()
+    assert _halving_pays(embeddings.shape[1], int(torch.bincount(labels).max()) - 1)
+    assert_no_ties(embeddings, "cosine")
+    expected, _ = reference_metrics(embeddings, labels)
+    result = retrieval_metrics(embeddings, labels, backend=backend)
+    assert {name: result[name] for name in METRICS} == pytest.approx(
+        {name: expected[name] for name in METRICS}, abs=1e-12
+    )
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_half_matrix_path_with_exact_duplicates(metric):
+    # Exact duplicates of continuous vectors: the only ties (no distinct vectors tie in exact arithmetic).
+    generator = torch.Generator().manual_seed(8)
+    distinct = torch.randn(200, 128, generator=generator)
+    copies = torch.randint(0, 3, (200,), generator=generator)
+    embeddings = distinct.repeat_interleave(copies + 1, 0)
+    labels = torch.randint(0, 120, (len(embeddings),), generator=generator)
+    assert _halving_pays(128, int(torch.bincount(labels).max()) - 1)
+    expected, error = reference_metrics(embeddings, labels, metric=metric, trials=300)
+    result = retrieval_metrics(embeddings, labels, metric=metric)
+    for name in METRICS:
+        assert abs(result[name] - expected[name]) < 5 * error[name] + 1e-12, name
+    assert retrieval_metrics(embeddings, labels, metric=metric, backend="faiss") == pytest.approx(
+        result, abs=1e-12
+    )
