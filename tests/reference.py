@@ -1,5 +1,5 @@
-"""Independent references for end-to-end tests: a model's embeddings of an evaluation set, recomputed, and
-retrieval metrics by sorting each query's whole gallery in float64 (no code shared with the package)."""
+"""Independent references for the tests: retrieval metrics by sorting each query's whole gallery in float64
+(no code shared with the package), and a model's embeddings of an evaluation set, recomputed."""
 
 from __future__ import annotations
 
@@ -18,42 +18,87 @@ def embed_loader(model: torch.nn.Module, loader: Iterable[dict]) -> dict[str, np
     return {key: torch.cat([batch[key] for batch in batches]).double().numpy() for key in keys}
 
 
+def float64_scores(query: torch.Tensor, gallery: torch.Tensor, metric: str) -> torch.Tensor:
+    """Cosine of float64-normalised rows, or -|q - g|² computed as a difference (no cancellation)."""
+    query, gallery = torch.as_tensor(query).double(), torch.as_tensor(gallery).double()
+    if metric == "cosine":
+        return (query / query.norm(dim=1, keepdim=True)) @ (gallery / gallery.norm(dim=1, keepdim=True)).T
+    return -(query[:, None, :] - gallery[None, :, :]).square().sum(-1)
+
+
+def tie_averaged_metrics(
+    embeddings,
+    labels,
+    is_query=None,
+    is_gallery=None,
+    *,
+    recall_at: Sequence[int] = (1, 2, 4, 8),
+    metric: str = "cosine",
+    trials: int = 1,
+    seed: int = 0,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """``(means, standard errors)`` over ``trials`` of Recall@K, precision@1, R-Precision, MAP@R (Musgrave
+    et al. 2020, over queries with a relevant item) and the 1-NN macro recall (over all queries).
+
+    Every item is a query and a gallery item unless roles are given; a query never retrieves itself. Each
+    query's whole gallery is sorted by float64 score, ties broken by a fresh random key in each trial: with
+    no equal scores every trial agrees and the value is exact; with ties the mean estimates the expected
+    value over random tie orders (Monte Carlo).
+    """
+    labels = torch.as_tensor(labels)
+    everything = torch.ones(len(labels), dtype=torch.bool)
+    query = everything if is_query is None else torch.as_tensor(is_query).bool()
+    gallery = everything if is_gallery is None else torch.as_tensor(is_gallery).bool()
+    scores = float64_scores(embeddings, embeddings, metric)[query]
+    scores[:, ~gallery] = -torch.inf
+    scores[torch.arange(int(query.sum())), torch.nonzero(query).flatten()] = -torch.inf  # never itself
+    query_labels = labels[query]
+    relevant = (query_labels[:, None] == labels[None, :]) & (scores > -torch.inf)
+    counted, r = relevant.any(1), relevant.sum(1)
+    generator = torch.Generator().manual_seed(seed)
+    per_trial = []
+    for _ in range(trials):
+        by_key = torch.rand(scores.shape, generator=generator, dtype=torch.float64).argsort(1)
+        order = by_key.gather(1, scores.gather(1, by_key).argsort(dim=1, descending=True, stable=True))
+        hits = relevant.gather(1, order)
+        first = torch.where(hits.any(1), hits.byte().argmax(1), hits.shape[1])
+        values = {f"recall@{k}": (first < k).double() for k in recall_at} | {
+            "precision@1": (first < 1).double()
+        }
+        position = torch.arange(1, hits.shape[1] + 1, dtype=torch.float64)
+        within = hits & (position <= r[:, None])
+        values["r_precision"] = within.sum(1).double() / r.clamp(min=1)
+        values["map@r"] = ((within.cumsum(1) / position) * within).sum(1) / r.clamp(min=1)
+        summary = {name: float(value[counted].mean()) for name, value in values.items()}
+        nearest = labels[order[:, 0]]
+        summary["1nn_macro_recall"] = float(
+            torch.stack(
+                [(nearest[query_labels == c] == c).double().mean() for c in query_labels.unique()]
+            ).mean()
+        )
+        per_trial.append(summary)
+    means = {name: sum(t[name] for t in per_trial) / trials for name in per_trial[0]}
+    errors = {
+        name: (sum((t[name] - means[name]) ** 2 for t in per_trial) / max(trials - 1, 1) / trials) ** 0.5
+        for name in means
+    }
+    return means, errors
+
+
 def brute_force_metrics(
-    embeddings: np.ndarray,
-    labels: np.ndarray,
-    is_query: np.ndarray | None = None,
-    is_gallery: np.ndarray | None = None,
+    embeddings,
+    labels,
+    is_query=None,
+    is_gallery=None,
     recall_at: Sequence[int] = (1, 2, 4, 8),
     metric: str = "cosine",
 ) -> dict[str, float]:
-    """Recall@K, precision@1, R-Precision and MAP@R (Musgrave et al. 2020), averaged over the queries that
-    have a relevant item. Every item is a query and a gallery item unless roles are given; a query never
-    retrieves itself."""
-    x = np.asarray(embeddings, dtype=np.float64)
-    if metric == "cosine":
-        x = x / np.linalg.norm(x, axis=1, keepdims=True)
-        similarity = x @ x.T
-    else:
-        similarity = -np.linalg.norm(x[:, None] - x[None], axis=-1)
-    everything = np.ones(len(x), dtype=bool)
-    query = everything if is_query is None else np.asarray(is_query, dtype=bool)
-    gallery = everything if is_gallery is None else np.asarray(is_gallery, dtype=bool)
-    per_query: dict[str, list[float]] = {}
-    for q in np.flatnonzero(query):
-        candidates = np.flatnonzero(gallery & (np.arange(len(x)) != q))
-        hits = labels[candidates[np.argsort(-similarity[q, candidates])]] == labels[q]
-        r = int(hits.sum())
-        if r == 0:
-            continue
-        precision_at = np.cumsum(hits[:r]) / np.arange(1, r + 1)
-        values = {f"recall@{k}": hits[:k].any() for k in recall_at} | {
-            "precision@1": hits[0],
-            "r_precision": hits[:r].mean(),
-            "map@r": (precision_at * hits[:r]).sum() / r,
-        }
-        for name, value in values.items():
-            per_query.setdefault(name, []).append(float(value))
-    return {name: float(np.mean(values)) for name, values in per_query.items()}
+    """Recall@K, precision@1, R-Precision and MAP@R of :func:`tie_averaged_metrics` in one trial (exact
+    when no two scores of a query are equal)."""
+    means, _ = tie_averaged_metrics(
+        embeddings, labels, is_query, is_gallery, recall_at=recall_at, metric=metric
+    )
+    return {name: value for name, value in means.items() if name != "1nn_macro_recall"}
 
 
 def reference_metrics(model: torch.nn.Module, loader: Iterable[dict], **options) -> dict[str, float]:

@@ -7,7 +7,7 @@ import torch
 from lightning_dml.errors import DataError
 from lightning_dml.metrics import nearest_neighbour_classification, rank, retrieval_metrics
 from lightning_dml.metrics.ranking import _halving_pays, screen_tolerance
-from tests.metrics.reference import float64_scores, reference_metrics
+from tests.reference import float64_scores, tie_averaged_metrics
 
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision", "map@r")
 
@@ -60,7 +60,7 @@ def test_a_tie_counts_half_when_one_of_two_is_relevant():
 def test_two_d_normalised_points_match_float64_reference(backend):
     embeddings, labels = circle()
     assert_no_ties(embeddings, "cosine")
-    expected, _ = reference_metrics(embeddings, labels)
+    expected, _ = tie_averaged_metrics(embeddings, labels)
     result = retrieval_metrics(embeddings, labels, backend=backend)
     assert {name: result[name] for name in METRICS} == pytest.approx(
         {name: expected[name] for name in METRICS}, abs=1e-12
@@ -75,7 +75,7 @@ def test_euclidean_far_from_the_origin_matches_float64_reference(backend):
     # |g|² ≈ 1.5e4 makes float32's 2<q, g> - |g|² useless to tell near neighbours apart.
     embeddings, labels = circle(n=1500, offset=(100.0, -70.0))
     assert_no_ties(embeddings, "euclidean")
-    expected, _ = reference_metrics(embeddings, labels, metric="euclidean")
+    expected, _ = tie_averaged_metrics(embeddings, labels, metric="euclidean")
     result = retrieval_metrics(embeddings, labels, metric="euclidean", backend=backend)
     assert {name: result[name] for name in METRICS} == pytest.approx(
         {name: expected[name] for name in METRICS}, abs=1e-12
@@ -88,7 +88,7 @@ def test_exact_duplicates_match_the_expected_value_over_tie_orders(backend):
     generator = torch.Generator().manual_seed(3)
     embeddings = torch.randint(-2, 3, (300, 2), generator=generator).float()
     labels = torch.randint(0, 4, (300,), generator=generator)
-    expected, error = reference_metrics(embeddings, labels, metric="euclidean", trials=400)
+    expected, error = tie_averaged_metrics(embeddings, labels, metric="euclidean", trials=400)
     result = retrieval_metrics(embeddings, labels, metric="euclidean", backend=backend)
     for name in METRICS:
         assert abs(result[name] - expected[name]) < 5 * error[name] + 1e-12, name
@@ -112,7 +112,7 @@ def test_collapsed_embedding_scores_chance_not_one():
     assert result["recall@1"] == pytest.approx(9 / 39, abs=1e-15)
     assert result["recall@2"] == pytest.approx(1 - (30 / 39) * (29 / 38), abs=1e-15)
     assert result["r_precision"] == pytest.approx(9 / 39, abs=1e-15)
-    expected, error = reference_metrics(torch.ones(40, 8), labels, ks=(1, 2), trials=2000)
+    expected, error = tie_averaged_metrics(torch.ones(40, 8), labels, recall_at=(1, 2), trials=2000)
     assert abs(result["map@r"] - expected["map@r"]) < 5 * error["map@r"]
     assert retrieval_metrics(torch.ones(40, 8), labels, recall_at=(1, 2), backend="faiss") == pytest.approx(
         result, abs=1e-15
@@ -208,7 +208,7 @@ def test_half_matrix_path_resolves_near_ties(backend):
     embeddings, labels = rotated_circle()
     assert _halving_pays(embeddings.shape[1], int(torch.bincount(labels).max()) - 1)
     assert_no_ties(embeddings, "cosine")
-    expected, _ = reference_metrics(embeddings, labels)
+    expected, _ = tie_averaged_metrics(embeddings, labels)
     result = retrieval_metrics(embeddings, labels, backend=backend)
     assert {name: result[name] for name in METRICS} == pytest.approx(
         {name: expected[name] for name in METRICS}, abs=1e-12
@@ -224,7 +224,7 @@ def test_half_matrix_path_with_exact_duplicates(metric):
     embeddings = distinct.repeat_interleave(copies + 1, 0)
     labels = torch.randint(0, 120, (len(embeddings),), generator=generator)
     assert _halving_pays(128, int(torch.bincount(labels).max()) - 1)
-    expected, error = reference_metrics(embeddings, labels, metric=metric, trials=300)
+    expected, error = tie_averaged_metrics(embeddings, labels, metric=metric, trials=300)
     result = retrieval_metrics(embeddings, labels, metric=metric)
     for name in METRICS:
         assert abs(result[name] - expected[name]) < 5 * error[name] + 1e-12, name
