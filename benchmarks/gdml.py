@@ -48,8 +48,8 @@ output.
 MAP@R 87.93; best baseline (Multi-Similarity) 90.33 / 77.27.
 
 Metrics: `1nn_macro_recall` and `1nn_macro_f1` (the 1-NN classifier's macro recall and F1: the paper's
-Recall@1 and F-score), `recall@1` (the DML hit rate; it counts a tie with the nearest relevant item as a
-hit, and L2-normalised 2-D outputs tie often, so it can exceed the 1-NN recall), `f1` (k-means pairwise
+Recall@1 and F-score), `recall@1` (the DML hit rate; ties count as their expected value over random
+orders, so with equally many queries per class it equals the 1-NN recall), `f1` (k-means pairwise
 F1), `nmi` (k-means on the 2-D outputs as they are; in the closed set on queries and references together),
 `r_precision`, `map@r` (R = reference images of the query's class). `seconds`: wall time of one run
 (G-DML: teacher + student), on cores shared with other jobs, so only a rough guide."""
@@ -194,7 +194,8 @@ def header(seeds: list[int]) -> str:
         "# G-DML vs same-backbone baselines, Fashion-MNIST, d = 2\n\n"
         f"`python -m benchmarks.gdml --seeds {' '.join(map(str, seeds))}` on "
         f"{platform.processor() or 'CPU'} (1 thread, 2 cores shared with another benchmark); mean ± 95% CI "
-        f"over {len(seeds)} seeds.\n\n{BUDGET}"
+        f"over {len(seeds)} seeds (network init, batch plans, GEMINI triplet plan, k-means; fixed "
+        f"split).\n\n{BUDGET}"
     )
 
 
