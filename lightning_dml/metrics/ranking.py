@@ -488,17 +488,23 @@ def _rescore_lists(
     tolerance: Tensor,
     votes: bool,
 ) -> Tensor:
-    """Re-order the top lists of ``unclear`` queries by float64 scores of the listed items; return the
-    queries that stay unclear: those where an unlisted item could still reach their first R (or, with
-    ``votes``, their nearest item), i.e. where that score is not above the list's last screen score +
-    tolerance. Lists of settled queries and their boundary groups are then exact."""
+    """Re-order the top lists of ``unclear`` queries by float64 scores; return the queries that stay
+    unclear: those where an unlisted item could still reach their first R (or, with ``votes``, their
+    nearest item), i.e. where that score is not above the list's last screen score + tolerance. Lists of
+    settled queries and their boundary groups are then exact.
+
+    Only items within tolerance of a listed neighbour are re-scored: every other item is more than twice
+    the screen error away from both neighbours, so its screen score keeps its place (and ties nothing).
+    """
     rows = torch.nonzero(unclear).flatten()
     still = torch.zeros_like(unclear)
-    per_pass = max(1, 2**24 // (ranked.columns.shape[1] * sorted_gallery.shape[1]))  # 128 MiB of float64
-    for part in rows.split(per_pass):
-        columns = ranked.columns[part]
-        scores = _pair_scores(query_embeddings[part, None, :], sorted_gallery[columns.clamp(min=0)], problem)
-        scores = scores.masked_fill(columns < 0, -INF)
+    for part in rows.split(ROWS_PER_PASS):
+        columns, scores = ranked.columns[part], ranked.scores[part].clone()
+        close = (scores[:, :-1] - scores[:, 1:]) <= tolerance[part, None]
+        near = F.pad(close, (0, 1)) | F.pad(close, (1, 0))
+        row, slot = torch.nonzero(near & (columns >= 0), as_tuple=True)
+        items = sorted_gallery[columns[row, slot]]
+        scores[row, slot] = _pair_scores(query_embeddings[part][row], items, problem)
         scores, reorder = scores.sort(dim=1, descending=True, stable=True)
         columns = columns.gather(1, reorder)
         floor = ranked.scores[part, -1] + tolerance[part]  # no unlisted item scores higher
