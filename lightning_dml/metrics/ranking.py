@@ -5,19 +5,22 @@ query's; same-id items (the query itself in leave-one-out) are left out of the r
 are ordered by similarity (``knn`` module docstring); items of equal similarity form a tie group whose
 internal order is uniformly random, and every measure is its expected value over that order (``ties``).
 
-**Exactness.** Orderings are decided on float64 similarities (cosine: float64-normalised inner products;
-euclidean: 2<q, g> - |g|² in float64, which ranks a row as -|q - g|² does). Scoring everything in float64
-would double the cost, so a float32 *screen* scores every pair first, and a query is re-scored in float64
-(its whole row, ``_exact_rows``) whenever a comparison its measures depend on is closer than twice the
-screen's worst-case error ``δ`` (``screen_tolerance``): another item near its best relevant score, two
-differently relevant items near each other among its first R, an item near its R-th score, or (with
-``votes``) an item near its best score. Elsewhere the float32 order is provably the float64 order. Exact
-duplicates are scored once (``torch.unique``), so they tie exactly in float64 too.
+**Exactness.** Orderings are decided on float64 similarities (cosine of float64-normalised vectors;
+-|q - g|² from float64 inner products and norms). Scoring everything in float64 would double the cost, so
+a float32 *screen* scores every pair first, and every comparison a query's measures depend on that is
+closer than twice the screen's worst-case error ``δ`` (``screen_tolerance``) is decided again in float64:
+the items near its best relevant score are re-scored pair by pair (``_resolve_windows``); close,
+differently relevant neighbours in its top list by re-scoring those listed items (``_rescore_lists``);
+and what the list cannot settle (an unlisted item might still reach its first R or its nearest item) by
+re-scoring its whole row (``_exact_rows``, where exact duplicates are scored once so that they tie).
+Elsewhere the float32 order is provably the float64 order. Values equal in real arithmetic but not in
+float64 (possible with lattice-valued data) are ordered by float64.
 
 **The screens.** ``backend="torch"`` scores ``chunk × Ng`` blocks against the label-sorted gallery (a
 query's relevant items are one column range) and never keeps the full top-k list for Recall@K: the rank of
-the first hit is a count of the items above the best relevant score, and the first ``max R + 1`` items come
-from interleaved group maxima (``topm``). ``backend="faiss"`` takes the same facts from a faiss flat-index
+the first hit is a count of the items above the best relevant score, and the first ``max R + 4`` items come
+from interleaved group maxima (``topm``); in leave-one-out with unique ids and wide embeddings each pair is
+scored once (``symmetric``). ``backend="faiss"`` takes the same facts from a faiss flat-index
 search of ``depth`` neighbours; queries whose first hit lies deeper are resolved in float64. Both give the
 same ``Ranking`` (top lists may order exact ties differently).
 """
