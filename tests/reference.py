@@ -85,19 +85,10 @@ def tie_averaged_metrics(
     return means, errors
 
 
-def brute_force_metrics(
-    embeddings,
-    labels,
-    is_query=None,
-    is_gallery=None,
-    recall_at: Sequence[int] = (1, 2, 4, 8),
-    metric: str = "cosine",
-) -> dict[str, float]:
+def brute_force_metrics(embeddings, labels, is_query=None, is_gallery=None, **options) -> dict[str, float]:
     """Recall@K, precision@1, R-Precision and MAP@R of :func:`tie_averaged_metrics` in one trial (exact
-    when no two scores of a query are equal)."""
-    means, _ = tie_averaged_metrics(
-        embeddings, labels, is_query, is_gallery, recall_at=recall_at, metric=metric
-    )
+    when no two scores of a query are equal); ``options``: its ``recall_at`` and ``metric``."""
+    means, _ = tie_averaged_metrics(embeddings, labels, is_query, is_gallery, **options)
     return {name: value for name, value in means.items() if name != "1nn_macro_recall"}
 
 
