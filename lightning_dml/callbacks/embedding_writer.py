@@ -18,6 +18,7 @@ from lightning_dml.callbacks.retrieval_evaluation import gather, unique_by_index
 from lightning_dml.callbacks.run_summary import log_directory
 from lightning_dml.data.base import ImageFiles
 from lightning_dml.errors import ConfigError, DataError
+from lightning_dml.models.readouts import Readout, ReadoutEmbedder
 
 FORMATS = (".npz", ".parquet")
 #: File name of the predictions in the run's folder when no output is configured.
@@ -39,11 +40,15 @@ class EmbeddingWriter(BasePredictionWriter):
     Args:
         output: file to write, ending in ``.npz`` or ``.parquet``; its folder is created. Default: the run's
             folder (the logger's, else the trainer's ``default_root_dir``) ``/embeddings.npz``.
+        readout: write this readout's features (``lightning_dml.models.readouts``) as ``embeddings``
+            instead of the model's embedding, e.g. ``{layer: backbone.blocks.2, pooling: grid, size: 7}``.
     """
 
-    def __init__(self, output: str | Path | None = None) -> None:
+    def __init__(self, output: str | Path | None = None, readout: Readout | None = None) -> None:
         super().__init__(write_interval="batch_and_epoch")
         self.output = None if output is None else Path(output)
+        self.readout = readout
+        self._readout_embedder: ReadoutEmbedder | None = None
         if self.output is not None and self.output.suffix not in FORMATS:
             raise ConfigError(f"prediction output {self.output} must end in .npz or .parquet")
         if self.output is not None and self.output.suffix == ".parquet":
@@ -51,8 +56,12 @@ class EmbeddingWriter(BasePredictionWriter):
         self._batches: list[dict[str, torch.Tensor]] = []
 
     def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Forget the batches of an earlier predict run."""
+        """Forget the batches of an earlier predict run; trace the readout, if any (in eval mode, as the
+        predict loop has set the module)."""
         self._batches.clear()
+        self._readout_embedder = (
+            None if self.readout is None else ReadoutEmbedder(pl_module, self.readout).eval()
+        )
 
     def write_on_batch_end(
         self,
@@ -67,7 +76,11 @@ class EmbeddingWriter(BasePredictionWriter):
         """Keep the batch's outputs (on their device, for the collective gather at the end)."""
         if dataloader_idx > 0:
             raise ConfigError("EmbeddingWriter writes one predict set; the data module gives several loaders")
-        self._batches.append({key: value.detach() for key, value in prediction.items()})
+        kept = {key: value.detach() for key, value in prediction.items()}
+        if self._readout_embedder is not None:
+            with torch.no_grad():
+                kept["embeddings"] = self._readout_embedder(batch["image"])
+        self._batches.append(kept)
 
     def write_on_epoch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any, batch_indices: Any

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -19,9 +19,13 @@ from lightning_dml.metrics import (
     metrics_from_ranking,
     rank,
 )
+from lightning_dml.models.readouts import LayerReadouts, Readout
 from lightning_dml.seeds import run_seed
 
 Stage = Literal["validate", "test"]
+
+#: Prefix of the readout features in the collected outputs (``readout/grid7``).
+READOUT_KEY = "readout/"
 
 
 def unique_by_index(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -45,6 +49,11 @@ class RetrievalEvaluation(L.Callback):
     on rank 0 from the de-duplicated embeddings of all ranks and broadcast, so every rank logs the same values
     and ``ModelCheckpoint(monitor=...)`` works under DDP.
 
+    With ``readouts``, the same metrics are computed on the pooled features of named layers
+    (``lightning_dml.models.readouts``) and logged as ``{set}/{readout}/{metric}``
+    (``val_unseen/grid7/map@r``); each evaluation batch then runs through the network a second time,
+    traced up to those layers.
+
     Args:
         recall_at: the K of Recall@K.
         metric: similarity of the k-NN search.
@@ -55,6 +64,8 @@ class RetrievalEvaluation(L.Callback):
         backend: k-NN implementation (``faiss`` needs the ``faiss`` extra).
         chunk_size: queries per similarity block (``None``: sized to a fixed memory budget).
         seed: k-means seed; ``None``: the run seed (``seed_everything``).
+        readouts: named readouts to evaluate beside the embedding, e.g.
+            ``{"grid7": Readout("backbone.blocks.2", pooling="grid", size=7)}``.
     """
 
     def __init__(
@@ -66,6 +77,7 @@ class RetrievalEvaluation(L.Callback):
         backend: Literal["torch", "faiss"] = "torch",
         chunk_size: int | None = None,
         seed: int | None = None,
+        readouts: Mapping[str, Readout] | None = None,
     ) -> None:
         self.recall_at = list(recall_at)
         self.metric = metric
@@ -74,11 +86,16 @@ class RetrievalEvaluation(L.Callback):
         self.backend = backend
         self.chunk_size = chunk_size
         self.seed = seed
+        self.readouts = dict(readouts or {})
+        self._layer_readouts: LayerReadouts | None = None
         self._outputs: dict[int, list[dict[str, torch.Tensor]]] = defaultdict(list)
         #: On rank 0, the de-duplicated outputs of each set of the latest evaluation, for later callbacks.
         self.last_outputs: dict[str, dict[str, torch.Tensor]] = {}
         #: On rank 0, each set's ``Ranking`` from the latest evaluation (what the pictures draw).
         self.last_rankings: dict[str, Ranking] = {}
+        #: On rank 0, each set's readout features ``{readout: (N, D)}`` of the latest evaluation, in the
+        #: order of ``last_outputs``.
+        self.last_readouts: dict[str, dict[str, torch.Tensor]] = {}
         #: Best items kept per query in ``last_rankings`` (raised by ``RetrievalPictures``).
         self.top_k = 0
 
@@ -124,18 +141,36 @@ class RetrievalEvaluation(L.Callback):
             )
         return metrics
 
-    def _collect(self, outputs: Any, dataloader_idx: int) -> None:
-        self._outputs[dataloader_idx].append({key: value.detach() for key, value in outputs.items()})
+    def _collect(self, outputs: Any, batch: dict[str, Any], dataloader_idx: int) -> None:
+        kept = {key: value.detach() for key, value in outputs.items()}
+        if self._layer_readouts is not None:
+            with torch.no_grad():
+                features = self._layer_readouts(batch["image"])
+            kept |= {READOUT_KEY + name: value for name, value in features.items()}
+        self._outputs[dataloader_idx].append(kept)
+
+    def _trace_readouts(self, pl_module: L.LightningModule) -> None:
+        """Trace the module up to the readout layers (again at each evaluation: the module may have been
+        replaced, as by a checkpoint's weights); in eval mode, as the evaluation loop has set the module."""
+        self._layer_readouts = LayerReadouts(pl_module, self.readouts).eval() if self.readouts else None
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Trace the readouts, if any."""
+        self._trace_readouts(pl_module)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Trace the readouts, if any."""
+        self._trace_readouts(pl_module)
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ) -> None:
-        """Keep the batch's embeddings, labels and indices."""
-        self._collect(outputs, dataloader_idx)
+        """Keep the batch's embeddings, labels, indices and readout features."""
+        self._collect(outputs, batch, dataloader_idx)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        """Keep the batch's embeddings, labels and indices."""
-        self._collect(outputs, dataloader_idx)
+        """Keep the batch's embeddings, labels, indices and readout features."""
+        self._collect(outputs, batch, dataloader_idx)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Evaluate every validation set (not during the sanity check, which sees only a few batches)."""
@@ -152,7 +187,7 @@ class RetrievalEvaluation(L.Callback):
         loaders = trainer.val_dataloaders if stage == "validate" else trainer.test_dataloaders
         loaders = loaders if isinstance(loaders, Sequence) else [loaders]
         limited = trainer.num_val_batches if stage == "validate" else trainer.num_test_batches
-        self.last_outputs, self.last_rankings = {}, {}
+        self.last_outputs, self.last_rankings, self.last_readouts = {}, {}, {}
         for idx, (name, loader) in enumerate(
             zip(set_names(trainer, stage, len(loaders)), loaders, strict=True)
         ):
@@ -166,13 +201,22 @@ class RetrievalEvaluation(L.Callback):
                 rank_zero_warn(f"{message} (limit_{'val' if stage == 'validate' else 'test'}_batches is set)")
             metrics = None
             if trainer.is_global_zero:
-                self.last_outputs[name] = outputs
+                readouts = {
+                    key.removeprefix(READOUT_KEY): outputs.pop(key)
+                    for key in list(outputs)
+                    if key.startswith(READOUT_KEY)
+                }
+                self.last_outputs[name], self.last_readouts[name] = outputs, readouts
                 self.last_rankings[name] = self.rank(outputs, self.top_k)
                 metrics = self.compute(outputs, self.last_rankings[name])
+                for readout, features in readouts.items():
+                    readout_metrics = self.compute(outputs | {"embeddings": features})
+                    metrics |= {f"{readout}/{key}": value for key, value in readout_metrics.items()}
             metrics = trainer.strategy.broadcast(metrics, src=0)
             for key, value in metrics.items():
                 pl_module.log(f"{name}/{key}", value, add_dataloader_idx=False, sync_dist=False)
         self._outputs.clear()
+        self._layer_readouts = None
 
 
 def gather(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -506,8 +506,9 @@ def _rescore_lists(
         close = (scores[:, :-1] - scores[:, 1:]) <= tolerance[part, None]
         near = F.pad(close, (0, 1)) | F.pad(close, (1, 0))
         row, slot = torch.nonzero(near & (columns >= 0), as_tuple=True)
-        items = sorted_gallery[columns[row, slot]]
-        scores[row, slot] = _pair_scores(query_embeddings[part][row], items, problem)
+        scores[row, slot] = _pair_scores(
+            query_embeddings, part[row], sorted_gallery, columns[row, slot], problem
+        )
         scores, reorder = scores.sort(dim=1, descending=True, stable=True)
         columns = columns.gather(1, reorder)
         floor = ranked.scores[part, -1] + tolerance[part]  # no unlisted item scores higher
@@ -530,14 +531,24 @@ def _rescore_lists(
     return still
 
 
-def _pair_scores(queries: Tensor, items: Tensor, problem: _Problem) -> Tensor:
-    """Float64 similarities of queries ``(..., D)`` and items ``(..., D)`` (broadcast), item by item:
-    cosine, or -|q - g|² as 2<q, g> - |g|² - |q|²; exact duplicates score identically."""
-    queries, items = queries.double(), items.double()
-    dot = (queries * items).sum(-1)
-    if problem.metric == "cosine":
-        return dot / (queries.norm(dim=-1) * items.norm(dim=-1)).clamp(min=1e-300)
-    return 2 * dot - items.square().sum(-1) - queries.square().sum(-1)
+def _pair_scores(
+    queries: Tensor, rows: Tensor, gallery: Tensor, columns: Tensor, problem: _Problem
+) -> Tensor:
+    """Float64 similarities ``(P,)`` of the pairs (``queries[rows[i]]``, ``gallery[columns[i]]``): cosine, or
+    -|q - g|² as 2<q, g> - |g|² - |q|²; exact duplicates score identically. Pairs are gathered a block of
+    ``BLOCK_BYTES`` at a time, so wide embeddings do not multiply the memory by their width."""
+    pairs_per_block = max(1, BLOCK_BYTES // (16 * max(queries.shape[1], 1)))
+    scores = []
+    for part_rows, part_columns in zip(
+        rows.split(pairs_per_block), columns.split(pairs_per_block), strict=True
+    ):
+        query, item = queries[part_rows].double(), gallery[part_columns].double()
+        dot = (query * item).sum(-1)
+        if problem.metric == "cosine":
+            scores.append(dot / (query.norm(dim=-1) * item.norm(dim=-1)).clamp(min=1e-300))
+        else:
+            scores.append(2 * dot - item.square().sum(-1) - query.square().sum(-1))
+    return torch.cat(scores) if scores else queries.new_zeros(0, dtype=torch.float64)
 
 
 def _resolve_windows(
@@ -549,7 +560,7 @@ def _resolve_windows(
     rows, columns = window[:, crowded[window[0]]]
     if rows.numel() == 0:
         return
-    scores = _pair_scores(query_embeddings[rows], sorted_gallery[columns], problem)
+    scores = _pair_scores(query_embeddings, rows, sorted_gallery, columns, problem)
     relevant = problem.labels[columns] == problem.query_labels[rows]  # same-id items are never in a window
     best = torch.full((len(ranked.above),), -INF, dtype=torch.float64, device=scores.device)
     best.scatter_reduce_(0, rows, scores.masked_fill(~relevant, -INF), "amax")

@@ -1,10 +1,12 @@
-"""Models: backbones (images -> features), embedding heads (features -> embeddings) and their composition."""
+"""Models: backbones (images -> features), embedding heads (features -> embeddings), their composition,
+and readouts (pooled features of named layers)."""
 
 from lightning_dml.models.backbones import SmallCNN, TimmBackbone, TorchvisionBackbone
 from lightning_dml.models.cifar_resnet import CifarResNet
 from lightning_dml.models.deml import ChannelAttention, DeMLNetwork, SplitSmallCNN
 from lightning_dml.models.gemini import GeminiNetwork
 from lightning_dml.models.heads import EmbeddingHead, EmbeddingNetwork
+from lightning_dml.models.readouts import LayerReadouts, Readout, ReadoutEmbedder
 
 __all__ = [
     "ChannelAttention",
@@ -13,6 +15,9 @@ __all__ = [
     "EmbeddingHead",
     "EmbeddingNetwork",
     "GeminiNetwork",
+    "LayerReadouts",
+    "Readout",
+    "ReadoutEmbedder",
     "SmallCNN",
     "SplitSmallCNN",
     "TimmBackbone",

@@ -209,6 +209,15 @@ class TorchvisionBackbone(nn.Module):
         return self.model(images)
 
 
+def halve_if_larger_than_two(maps: torch.Tensor) -> torch.Tensor:
+    """A 2×2 max-pool of the maps (B, C, H, W) while both sides exceed 2 px, else the maps unchanged."""
+    return F.max_pool2d(maps, 2) if min(maps.shape[-2:]) > 2 else maps
+
+
+# A leaf of torch.fx graphs (its test is on the input's size), so feature extraction can trace SmallCNN.
+torch.fx.wrap("halve_if_larger_than_two")
+
+
 class SmallCNN(nn.Module):
     """A small conv net for 8–32 px images: blocks of conv3×3 → BatchNorm → ReLU, each followed by a 2×2
     max-pool while the map is larger than 2 px, then global average pooling to ``widths[-1]`` features."""
@@ -232,9 +241,7 @@ class SmallCNN(nn.Module):
         """Feature map (B, out_features, h, w) of images (B, C, H, W), before global pooling."""
         x = images
         for block in self.blocks:
-            x = block(x)
-            if min(x.shape[-2:]) > 2:
-                x = F.max_pool2d(x, 2)
+            x = halve_if_larger_than_two(block(x))
         return x
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from lightning_dml.errors import DataError
 from lightning_dml.methods import RetrievalModule
+from lightning_dml.models.readouts import Readout, ReadoutEmbedder
 from lightning_dml.retrieval.index import eval_mode
 
 
@@ -32,9 +33,11 @@ def load_embedder(
     checkpoint_path: str | Path,
     model_class: type[RetrievalModule] | None = None,
     map_location: str | torch.device = "cpu",
+    readout: Readout | None = None,
     **overrides: Any,
-) -> RetrievalModule:
-    """Load a trained ``RetrievalModule`` from a Lightning checkpoint, in eval mode.
+) -> RetrievalModule | ReadoutEmbedder:
+    """Load a trained ``RetrievalModule`` from a Lightning checkpoint, in eval mode; with ``readout``, a
+    ``ReadoutEmbedder`` of it, whose output is that readout's features instead of the embedding.
 
     A checkpoint written by ``lightning-dml fit`` names its class and holds its whole configuration, so no
     argument is needed (classes outside ``lightning_dml`` must be imported first). A checkpoint of a module
@@ -48,7 +51,7 @@ def load_embedder(
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         model_class = resolve_class(checkpoint.get("hyper_parameters", {}).get("_class_path"), path)
     model = model_class.load_from_checkpoint(path, map_location=map_location, weights_only=True, **overrides)
-    return model.eval()
+    return model.eval() if readout is None else ReadoutEmbedder(model, readout).eval()
 
 
 def resolve_class(class_path: str | None, checkpoint: Path) -> type[RetrievalModule]:
@@ -84,6 +87,7 @@ def export_torchscript(module: nn.Module, example: Tensor, path: str | Path) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     # Lightning's own switch that lets tracing inspect a LightningModule outside a Trainer.
     with eval_mode(network), torch.no_grad(), _jit_is_scripting():
+        network(example)  # builds lazily made state (a readout's projection) before tracing
         torch.jit.trace(network, example).save(str(path))
     return path
 
@@ -106,6 +110,7 @@ def export_onnx(
         example = example.expand(2, *example.shape[1:])
     batch = torch.export.Dim("batch")
     with eval_mode(network), torch.no_grad():
+        network(example)  # builds lazily made state (a readout's projection) before exporting
         torch.onnx.export(
             network,
             (example,),
