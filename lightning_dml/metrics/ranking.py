@@ -56,6 +56,9 @@ FLOAT32_ROUNDOFF = 2.0**-24
 LIST_MARGIN = 4
 #: Queries per pass of the per-query arithmetic on top lists (bounds its temporaries).
 ROWS_PER_PASS = 2**14
+#: Pairs re-scored one by one unless they fill more than 1/DENSE_PAIRS of their rows (then by whole rows:
+#: a matrix product costs far less per pair than gathering each pair's two vectors).
+DENSE_PAIRS = 16
 
 
 @dataclass
@@ -536,7 +539,11 @@ def _pair_scores(
 ) -> Tensor:
     """Float64 similarities ``(P,)`` of the pairs (``queries[rows[i]]``, ``gallery[columns[i]]``): cosine, or
     -|q - g|² as 2<q, g> - |g|² - |q|²; exact duplicates score identically. Pairs are gathered a block of
-    ``BLOCK_BYTES`` at a time, so wide embeddings do not multiply the memory by their width."""
+    ``BLOCK_BYTES`` at a time, so wide embeddings do not multiply the memory by their width; where the pairs
+    fill more than 1/``DENSE_PAIRS`` of their rows, whole rows are scored by matrix products instead."""
+    distinct_rows = torch.unique(rows)
+    if len(rows) * DENSE_PAIRS > len(distinct_rows) * len(gallery):
+        return _dense_pair_scores(queries, rows, gallery, columns, problem.metric)
     pairs_per_block = max(1, BLOCK_BYTES // (16 * max(queries.shape[1], 1)))
     scores = []
     for part_rows, part_columns in zip(
@@ -612,6 +619,29 @@ def _exact_rows(
         ranked.columns[part] = columns
         ranked.scores[part] = scores
         ranked.hits[part] = problem.hits(columns, scores, part)
+
+
+def _dense_pair_scores(
+    queries: Tensor, rows: Tensor, gallery: Tensor, columns: Tensor, metric: Metric
+) -> Tensor:
+    """:func:`_pair_scores` from float64 matrix products of whole rows against the distinct gallery rows (as
+    :func:`_exact_rows` scores them, so exact duplicates tie), ``BLOCK_BYTES`` of scores at a time."""
+    unique, inverse = torch.unique(_prepare_float64(gallery, metric), dim=0, return_inverse=True)
+    shift = -unique.square().sum(1) if metric == "euclidean" else None
+    distinct_rows, row_slots = torch.unique(rows, return_inverse=True)
+    scores = torch.empty(len(rows), dtype=torch.float64, device=queries.device)
+    per_block = max(1, BLOCK_BYTES // (8 * len(unique)))
+    for start in range(0, len(distinct_rows), per_block):
+        block_queries = _prepare_float64(queries[distinct_rows[start : start + per_block]], metric)
+        if shift is None:
+            block = block_queries @ unique.T
+        else:
+            block = torch.addmm(shift, block_queries, unique.T, alpha=2) - block_queries.square().sum(
+                1, keepdim=True
+            )
+        inside = (row_slots >= start) & (row_slots < start + per_block)
+        scores[inside] = block[row_slots[inside] - start, inverse[columns[inside]]]
+    return scores
 
 
 def _votes(nearest: Tensor, codes: Tensor, n_labels: int) -> Tensor:

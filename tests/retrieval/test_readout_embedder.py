@@ -1,4 +1,4 @@
-"""A shipped readout: predict, the index, checkpoint loading and both exports give the evaluation's features."""
+"""A shipped readout: predict, index, checkpoint loading and both exports give the evaluation's features."""
 
 import lightning as L
 import onnxruntime
