@@ -5,7 +5,7 @@ import torch
 
 from lightning_dml.metrics import ranking as ranking_module
 from lightning_dml.metrics import retrieval_metrics
-from tests.reference import brute_force_metrics
+from tests.reference import brute_force_metrics, float64_scores
 
 
 def wide_features(n: int = 240, dim: int = 3000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,3 +30,17 @@ def test_wide_embeddings_match_the_float64_reference_through_whole_row_scores(mo
     assert calls, "the close pairs were expected to fill their rows"
     expected = brute_force_metrics(features.double().numpy(), labels.numpy(), metric=metric)
     assert found == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_whole_row_scores_equal_float64_pair_scores(metric):
+    features, _ = wide_features(n=50, dim=700)
+    generator = torch.Generator().manual_seed(1)
+    rows, columns = (
+        torch.randint(0, 50, (400,), generator=generator),
+        torch.randint(0, 50, (400,), generator=generator),
+    )
+    scores = ranking_module._dense_pair_scores(features, rows, features, columns, metric)
+    expected = float64_scores(features, features, metric)[rows, columns]
+    scale = float(features.double().square().sum(1).max())  # euclidean cancellation is relative to |g|²
+    torch.testing.assert_close(scores, expected, rtol=1e-12, atol=1e-12 * scale)
