@@ -125,15 +125,6 @@ def test_print_config_shows_the_resolved_omegaconf_interpolation(tmp_path, capsy
     assert "hidden_size: 32" in capsys.readouterr().out
 
 
-def test_unknown_config_key_is_refused(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(
-            ["fit", "--config", str(REPO / "configs/quickstart.yaml"), "--model.init_args.embeding_size", "8"]
-        )
-    assert exit_info.value.code != 0
-    assert "embeding_size" in capsys.readouterr().err
-
-
 def test_missing_dataset_is_one_line_naming_the_fix(tmp_path: Path):
     result = run(
         "lightning-dml",
