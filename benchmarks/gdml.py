@@ -148,7 +148,7 @@ def gdml_entry(protocol_name: str) -> Entry:
                 seed,
                 runs,
             )
-            accuracy = float(teacher.trainer.callback_metrics["train/target_1nn_accuracy"])
+            accuracy = float(teacher.trainer.callback_metrics["targets/1nn_accuracy"])
             student = run_cli(
                 "fit",
                 [

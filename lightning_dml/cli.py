@@ -20,6 +20,7 @@ from lightning_dml.callbacks import (
     RetrievalPictures,
     RunSummary,
 )
+from lightning_dml.callbacks.run_summary import log_directory
 from lightning_dml.cli_errors import OneLineErrorParser
 from lightning_dml.data.datamodule import RetrievalDataModule
 from lightning_dml.errors import LightningDMLError
@@ -32,16 +33,35 @@ TRAINER_DEFAULTS = {
     },
     # The class-balanced batch sampler and the evaluation loaders shard themselves across DDP ranks.
     "use_distributed_sampler": False,
+    # Where checkpoints go without a logger: not the working directory.
+    "default_root_dir": "runs",
 }
+
+#: Loggers whose run folder is ``save_dir/name/version``: evaluation-only commands log beside the run.
+FOLDER_LOGGERS = ("TensorBoardLogger", "CSVLogger")
 
 #: Name of the resolved CLI config among a W&B run's files (wandb keeps its own ``config.yaml`` there).
 WANDB_CONFIG_FILE = "lightning_dml_config.yaml"
 
 
 class SaveAndLogConfig(SaveConfigCallback):
-    """Saves the resolved config to the log directory (LightningCLI's default) and logs it to every
-    ``WandbLogger``: as the run's config (searchable in the dashboard) and as the run file
-    ``lightning_dml_config.yaml``. LightningCLI calls ``save_config`` on rank 0 only."""
+    """Saves the resolved config as ``config.yaml`` in the run's folder (a W&B run's own folder, not the
+    ``save_dir`` all runs share; nothing without a logger) and logs it to every ``WandbLogger``: as the
+    run's config (searchable in the dashboard) and as the run file ``lightning_dml_config.yaml``."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Write the config into the run folder on rank 0, then log it (LightningCLI's flow, but with
+        :func:`log_directory` instead of ``trainer.log_dir``)."""
+        if self.already_saved or not trainer.loggers:
+            return
+        directory = trainer.strategy.broadcast(log_directory(trainer) if trainer.is_global_zero else None)
+        if trainer.is_global_zero:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            path = Path(directory, self.config_filename)
+            self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=self.multifile)
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Log the resolved YAML config to the W&B loggers of the trainer."""
@@ -74,7 +94,7 @@ class DMLCLI(LightningCLI):
     sections are added: ``evaluation`` (the ``RetrievalEvaluation`` callback), ``pictures`` (the
     ``RetrievalPictures`` callback; ``--pictures.every_n_epochs 0`` turns it off), ``checkpoint`` (a
     ``LatestAndBestCheckpoint`` keeping the best by ``val/map@r`` and the latest epoch as ``last.ckpt``)
-    and ``prediction`` (the ``EmbeddingWriter``: ``predict`` writes ``predictions/embeddings.npz``). The
+    and ``prediction`` (the ``EmbeddingWriter``: ``predict`` writes ``embeddings.npz`` in the run folder). The
     resolved config is also logged to W&B when a ``WandbLogger`` is used, and a run summary is printed at
     the end. ``fit`` ends with ``test`` on the best checkpoint unless ``--test_after_fit false``. A
     configuration mistake ends in one line on stderr (:class:`~lightning_dml.cli_errors.OneLineErrorParser`).
@@ -108,26 +128,38 @@ class DMLCLI(LightningCLI):
             "--test_after_fit", type=bool, default=True, help="Run test on the best checkpoint."
         )
 
+    def _prepare_subcommand_parser(
+        self, klass: type, subcommand: str, **kwargs: Any
+    ) -> LightningArgumentParser:
+        """LightningCLI's subcommand parser, with ``verbose`` off: the run summary prints each metric once
+        per set, where Lightning's table repeats every set's metrics under every dataloader."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("validate", "test"):
+            parser.set_defaults(verbose=False)
+        return parser
+
     def before_instantiate_classes(self) -> None:
-        """Make ``fit --ckpt_path last`` resume the newest run of this logger in its own version folder."""
+        """Place the run's logs: ``fit --ckpt_path last`` resumes the newest run of this logger in its own
+        version folder; ``validate``/``test``/``predict`` of a checkpoint in ``<run>/checkpoints/`` log to
+        ``<run>/<subcommand>/``."""
         config = self.config.get(self.subcommand, self.config)
         logger = config.trainer.get("logger")
-        if self.subcommand != "fit" or config.get("ckpt_path") != "last" or not isinstance(logger, Namespace):
+        if not isinstance(logger, Namespace) or not logger.class_path.endswith(FOLDER_LOGGERS):
             return
-        args = logger.init_args
-        if "save_dir" not in args or args.get("version") is not None:
-            return
-        runs = Path(args.save_dir, args.get("name") or "").glob("version_*/checkpoints/last.ckpt")
-        versions = {int(path.parts[-3].removeprefix("version_")): path for path in runs}
-        if versions:
-            args.version = max(versions)
-            config.ckpt_path = str(versions[args.version])
+        if self.subcommand == "fit" and config.get("ckpt_path") == "last":
+            resume_newest_run(logger.init_args, config)
+        elif self.subcommand != "fit" and config.get("ckpt_path"):
+            checkpoint = Path(config.ckpt_path)
+            if checkpoint.parent.name == "checkpoints":
+                logger.init_args.save_dir, logger.init_args.name = str(checkpoint.parent.parent), ""
+                logger.init_args.version = self.subcommand
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """Build the trainer with the run summary, and a rich progress bar showing the key metric unless the
         config disables or chooses a progress bar."""
         config = self._get(self.config_init, "trainer", default={})
-        callbacks = [*(config.get("callbacks") or []), RunSummary()]
+        test_follows = self.subcommand == "fit" and self.config[self.subcommand].get("test_after_fit", True)
+        callbacks = [*(config.get("callbacks") or []), RunSummary(test_follows=test_follows)]
         if config.get("enable_progress_bar") is not False and not any(
             isinstance(c, ProgressBar) for c in callbacks
         ):
@@ -140,7 +172,21 @@ class DMLCLI(LightningCLI):
         if not self.config[self.subcommand].get("test_after_fit", True):
             return
         best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=True)
+        self.trainer.test(
+            self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=True, verbose=False
+        )
+
+
+def resume_newest_run(logger_args: Namespace, config: Namespace) -> None:
+    """Point the logger at the newest ``version_N`` of its ``save_dir/name`` holding a ``last.ckpt`` and
+    resume from that checkpoint (unless the logger's version is set)."""
+    if "save_dir" not in logger_args or logger_args.get("version") is not None:
+        return
+    runs = Path(logger_args.save_dir, logger_args.get("name") or "").glob("version_*/checkpoints/last.ckpt")
+    versions = {int(path.parts[-3].removeprefix("version_")): path for path in runs}
+    if versions:
+        logger_args.version = max(versions)
+        config.ckpt_path = str(versions[logger_args.version])
 
 
 def main(args: list[str] | None = None) -> None:

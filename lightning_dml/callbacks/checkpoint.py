@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 
+from lightning_dml.callbacks.run_summary import log_directory
 from lightning_dml.errors import ConfigError
 
 
@@ -18,9 +22,14 @@ class LatestAndBestCheckpoint(ModelCheckpoint):
     """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Refuse ``save_last: link``, which points ``last.ckpt`` at the newest top-k checkpoint instead."""
+        """Refuse ``save_last: link``, which points ``last.ckpt`` at the newest top-k checkpoint instead;
+        without a ``dirpath``, keep a W&B run's checkpoints in its own folder (Lightning would put them in
+        ``save_dir/project/id``, outside it)."""
         if self.save_last == "link":
             raise ConfigError("save_last: link points last.ckpt at a best checkpoint; set save_last: true")
+        if self.dirpath is None and trainer.loggers and isinstance(trainer.loggers[0], WandbLogger):
+            run = trainer.strategy.broadcast(log_directory(trainer) if trainer.is_global_zero else None)
+            self.dirpath = str(Path(run, "checkpoints"))
         super().setup(trainer, pl_module, stage)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -15,10 +15,13 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_dml.callbacks.retrieval_evaluation import gather, unique_by_index
+from lightning_dml.callbacks.run_summary import log_directory
 from lightning_dml.data.base import ImageFiles
 from lightning_dml.errors import ConfigError, DataError
 
 FORMATS = (".npz", ".parquet")
+#: File name of the predictions in the run's folder when no output is configured.
+DEFAULT_FILE = "embeddings.npz"
 
 
 class EmbeddingWriter(BasePredictionWriter):
@@ -34,15 +37,16 @@ class EmbeddingWriter(BasePredictionWriter):
     stores ``embeddings`` as a fixed-size list column. :func:`read_embeddings` reads either.
 
     Args:
-        output: file to write, ending in ``.npz`` or ``.parquet``; its folder is created.
+        output: file to write, ending in ``.npz`` or ``.parquet``; its folder is created. Default: the run's
+            folder (the logger's, else the trainer's ``default_root_dir``) ``/embeddings.npz``.
     """
 
-    def __init__(self, output: str | Path = "predictions/embeddings.npz") -> None:
+    def __init__(self, output: str | Path | None = None) -> None:
         super().__init__(write_interval="batch_and_epoch")
-        self.output = Path(output)
-        if self.output.suffix not in FORMATS:
+        self.output = None if output is None else Path(output)
+        if self.output is not None and self.output.suffix not in FORMATS:
             raise ConfigError(f"prediction output {self.output} must end in .npz or .parquet")
-        if self.output.suffix == ".parquet":
+        if self.output is not None and self.output.suffix == ".parquet":
             require_pyarrow()
         self._batches: list[dict[str, torch.Tensor]] = []
 
@@ -80,8 +84,9 @@ class EmbeddingWriter(BasePredictionWriter):
             dataset = getattr(loaders[0] if isinstance(loaders, Sequence) else loaders, "dataset", None)
             if isinstance(getattr(dataset, "source", None), ImageFiles):
                 columns["paths"] = np.array([dataset.describe(int(i)) for i in columns["indices"]])
-            write_atomically(columns, self.output)
-            rank_zero_info(f"Wrote {len(columns['indices'])} embeddings to {self.output.resolve()}")
+            output = self.output or Path(log_directory(trainer) or trainer.default_root_dir, DEFAULT_FILE)
+            write_atomically(columns, output)
+            rank_zero_info(f"Wrote {len(columns['indices'])} embeddings to {output.resolve()}")
         trainer.strategy.barrier()
 
 

@@ -1,4 +1,4 @@
-"""``RunSummary``: one screen at the end of fit and of test with the best metrics, checkpoints and logs."""
+"""``RunSummary``: one screen at the end of fit, validate and test with the metrics, checkpoints and logs."""
 
 from __future__ import annotations
 
@@ -32,32 +32,44 @@ def metrics_table(metrics: dict[str, float]) -> Table:
 
 
 def log_directory(trainer: L.Trainer) -> str | None:
-    """The first logger's run directory, read locally (``trainer.log_dir`` would broadcast under DDP)."""
+    """The first logger's run directory, read locally (``trainer.log_dir`` would broadcast under DDP):
+    a W&B run's own folder (``offline-run-*`` / ``run-*``), not its ``save_dir`` shared by all runs."""
     if not trainer.loggers:
         return None
     logger = trainer.loggers[0]
-    if isinstance(logger, WandbLogger):  # the run's own folder (offline-run-* / run-*), not save_dir
+    if isinstance(logger, WandbLogger):
         return str(Path(logger.experiment.dir).parent)
     return getattr(logger, "log_dir", None) or logger.save_dir
 
 
 class RunSummary(L.Callback):
-    """Prints, on rank 0, a one-screen summary at the end of ``fit`` and of ``test``.
+    """Prints, on rank 0, a one-screen summary at the end of ``fit``, ``validate`` and ``test``: each
+    metric once per set (Lightning's own per-dataloader tables are turned off by the CLI).
 
-    The evaluation metrics of the best validation (by the checkpoint callback's ``monitor`` and ``mode``;
-    the latest validation when nothing is monitored) side by side with the test metrics once tested, the
-    best and last checkpoint paths, the checkpoint tested and the log directory.
+    ``fit``: the evaluation metrics of the best validation (by the checkpoint callback's ``monitor`` and
+    ``mode``; the latest validation when nothing is monitored), the best and last checkpoint paths and the
+    log directory; with ``test_follows`` it is left to the test summary, which shows the set that chose the
+    checkpoint beside the test sets. ``validate``: that validation's metrics and the weights validated.
+
+    Args:
+        test_follows: a test runs right after ``fit`` (the CLI's ``test_after_fit``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, test_follows: bool = False) -> None:
+        self.test_follows = test_follows
         self.best: dict[str, float] = {}
         self.best_epoch: int | None = None
         self.best_by: str | None = None
         self.checkpoints: list[str] = []
+        self.other_sets: dict[str, float] = {}  # sets evaluated outside validation (G-DML's targets)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Keep the evaluation metrics of this validation when it is the best so far."""
+        """Print the metrics of a ``validate`` run; in ``fit``, keep those of the best validation so far."""
         if trainer.sanity_checking:
+            return
+        if trainer.state.fn == "validate":
+            if trainer.is_global_zero:
+                Console().print(self.render(trainer, stage="validate"))
             return
         metrics = evaluation_metrics(trainer.callback_metrics, exclude="test/")
         checkpoint = trainer.checkpoint_callback
@@ -73,29 +85,45 @@ class RunSummary(L.Callback):
         """Print the summary of the training run."""
         # kept for the test summary: testing a checkpoint restores the checkpoint callback's older state
         self.checkpoints = checkpoint_lines(trainer)
-        if trainer.is_global_zero:
-            Console().print(self.render(trainer, tested=False))
+        validated = {key.partition("/")[0] for key in self.best}
+        self.other_sets = {
+            key: value
+            for key, value in evaluation_metrics(trainer.callback_metrics, exclude="test/").items()
+            if key.partition("/")[0] not in validated
+        }
+        if trainer.is_global_zero and not self.test_follows:
+            Console().print(self.render(trainer, stage="fit"))
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Print the summary with the test metrics."""
         if trainer.is_global_zero:
-            Console().print(self.render(trainer, tested=True))
+            Console().print(self.render(trainer, stage="test"))
 
-    def render(self, trainer: L.Trainer, tested: bool) -> Panel:
-        """The summary panel: metrics table, then checkpoints and log directory."""
-        metrics = dict(self.best)
-        lines = []
-        if self.best_epoch is not None:
-            chosen = f"the best by {self.best_by}" if self.best_by else "the last"
-            lines.append(f"validation sets: epoch {self.best_epoch}, {chosen}")
-        if tested:
+    def render(self, trainer: L.Trainer, stage: str) -> Panel:
+        """The summary panel of ``stage`` (fit, validate or test): metrics, checkpoints, log directory."""
+        if stage == "validate":
+            metrics = evaluation_metrics(trainer.callback_metrics)
+            lines = [f"validated weights: {trainer.ckpt_path or 'the weights in memory'}"]
+        else:
+            metrics, lines = self.validation_metrics(stage) | self.other_sets, []
+            if self.best_epoch is not None:
+                chosen = f"the best by {self.best_by}" if self.best_by else "the last"
+                lines.append(f"validation: epoch {self.best_epoch}, {chosen}")
+            lines += self.checkpoints or checkpoint_lines(trainer)
+        if stage == "test":
             metrics |= evaluation_metrics(trainer.callback_metrics, include="test/")
-        lines += self.checkpoints or checkpoint_lines(trainer)
-        if tested:
             lines.append(f"tested weights: {trainer.ckpt_path or 'the weights in memory'}")
         lines.append(f"log directory: {log_directory(trainer) or 'none (no logger)'}")
-        title = "lightning-dml: " + ("test" if tested else "fit") + " summary"
+        title = f"lightning-dml: {stage} summary"
         return Panel(Group(metrics_table(metrics), Text("\n".join(lines))), title=title, expand=False)
+
+    def validation_metrics(self, stage: str) -> dict[str, float]:
+        """The best validation's metrics to show: all sets after ``fit``; beside a test, only the set that
+        chose the checkpoint (a validation of the test classes would repeat the test's numbers)."""
+        if stage == "fit" or self.best_by is None:
+            return dict(self.best)
+        chooser = self.best_by.partition("/")[0] + "/"
+        return {key: value for key, value in self.best.items() if key.startswith(chooser)}
 
 
 def checkpoint_lines(trainer: L.Trainer) -> list[str]:

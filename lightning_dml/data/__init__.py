@@ -8,6 +8,7 @@ from lightning_dml.data.datamodule import RetrievalDataModule
 from lightning_dml.data.digits import Digits
 from lightning_dml.data.folder import ImageFolder
 from lightning_dml.data.image_csv import ImageCSV
+from lightning_dml.data.image_files import ImageFileDataModule
 from lightning_dml.data.inshop import InShop
 from lightning_dml.data.pair_triplets import ClassPairTripletSampler
 from lightning_dml.data.sampler import ClassBalancedBatchSampler
@@ -26,6 +27,7 @@ __all__ = [
     "Digits",
     "FashionMNIST",
     "ImageCSV",
+    "ImageFileDataModule",
     "ImageFiles",
     "ImageFolder",
     "ImageSource",

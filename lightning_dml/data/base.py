@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from lightning_dml.errors import DataError
+
+# What PIL raises on a file it cannot open or decode (UnidentifiedImageError and truncation are OSErrors).
+UNDECODABLE = (OSError, SyntaxError, ValueError)
 
 
 def check_files_exist(paths: Sequence[str | Path], origins: Sequence[str], advice: str) -> None:
@@ -80,8 +83,11 @@ class ImageFiles(ImageSource):
             raise DataError(
                 f"image file not found: {path} (check the dataset root and its list files)"
             ) from None
-        except (UnidentifiedImageError, OSError) as error:
-            raise DataError(f"cannot decode image {path}: {error} (replace or remove the file)") from None
+        except UNDECODABLE as error:
+            raise DataError(
+                f"cannot decode image {path}: {error}; repair or remove it (verify_images: true lists every "
+                "such file at setup), or set skip_corrupt: true to leave such images out"
+            ) from None
 
     def describe(self, i: int) -> str:
         """Return the path of image ``i``."""

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from PIL import Image, UnidentifiedImageError
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image
 from torchvision.transforms import v2
 
 from lightning_dml.data.base import ImageFiles, RetrievalDataset, check_files_exist
-from lightning_dml.data.datamodule import RetrievalDataModule
 from lightning_dml.data.folder import IMAGENET_MEAN, IMAGENET_STD
+from lightning_dml.data.image_files import ImageFileDataModule
 from lightning_dml.errors import DataError
 
 Row = tuple[int, list[str]]
@@ -56,23 +54,6 @@ def check_range(where: str, name: str, value: int, low: int, high: int) -> None:
             f"{where}: {name} {value} is outside {low}–{high}, the range of this file in the "
             "published dataset; restore the original annotation file"
         )
-
-
-def undecodable(paths: Sequence[str]) -> list[str]:
-    """Return the paths among ``paths`` that PIL cannot decode (truncated or corrupt files)."""
-
-    def broken(path: str) -> bool:
-        try:
-            with Image.open(path) as image:
-                image.draft("RGB", (64, 64))  # JPEGs decode at 1/8 scale: the whole file is read, quickly
-                image.load()
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
-            return True
-        return False
-
-    unique = sorted(set(paths))
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
-        return [path for path, bad in zip(unique, pool.map(broken, unique), strict=True) if bad]
 
 
 def benchmark_transforms(
@@ -123,12 +104,7 @@ class BenchmarkImages(ImageFiles):
 
     def load(self, i: int) -> Image.Image:
         """Return image ``i`` (cropped to its box if there are boxes) as an RGB PIL image."""
-        try:
-            image = super().load(i)
-        except DataError as error:
-            if not self.paths[i].is_file():
-                raise
-            raise DataError(f"{error}; or set skip_corrupt: true to skip and list such images") from None
+        image = super().load(i)
         if self.boxes is None:
             return image
         x1, y1, x2, y2 = self.boxes[i].tolist()
@@ -157,19 +133,8 @@ class Annotations:
     boxes: list[tuple[float, float, float, float]] | None = None
     metadata: dict[str, list[int]] = field(default_factory=dict)
 
-    def keep(self, rows: list[int]) -> Annotations:
-        """Return the annotations of ``rows`` only."""
-        return Annotations(
-            [self.paths[i] for i in rows],
-            [self.labels[i] for i in rows],
-            [self.parts[i] for i in rows],
-            [self.origins[i] for i in rows],
-            None if self.boxes is None else [self.boxes[i] for i in rows],
-            {name: [values[i] for i in rows] for name, values in self.metadata.items()},
-        )
 
-
-class BenchmarkDataModule(RetrievalDataModule):
+class BenchmarkDataModule(ImageFileDataModule):
     """A published zero-shot benchmark read from its on-disk layout, its split checked against the paper's.
 
     Subclasses set ``dataset_name``, ``layout`` (the expected tree, shown when the root is wrong),
@@ -186,8 +151,8 @@ class BenchmarkDataModule(RetrievalDataModule):
             them); configs set it to the backbone's name by interpolation, so the two cannot disagree.
         crop_scale: area fraction range of the training random resized crop.
         allow_partial: accept a copy whose counts differ from the published dataset (logged as partial).
-        skip_corrupt: decode every image at setup and leave out, listing them, those that cannot be decoded.
-        **kwargs: the :class:`RetrievalDataModule` arguments.
+        **kwargs: the :class:`ImageFileDataModule` arguments (``verify_images``, ``skip_corrupt``) and
+            the :class:`RetrievalDataModule` ones.
     """
 
     dataset_name: str
@@ -206,7 +171,6 @@ class BenchmarkDataModule(RetrievalDataModule):
         normalization_from: str | None = None,
         crop_scale: Sequence[float] = (0.08, 1.0),
         allow_partial: bool = False,
-        skip_corrupt: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -231,9 +195,7 @@ class BenchmarkDataModule(RetrievalDataModule):
             self.mean, self.std = tuple(cfg.mean), tuple(cfg.std)
         self.crop_scale = tuple(crop_scale)
         self.allow_partial = allow_partial
-        self.skip_corrupt = skip_corrupt
         self.count_report = ""
-        self.skipped: list[str] = []
 
     def find_root(self, marker: str, folder: str) -> Path:
         """Return ``root`` or ``root/folder``, whichever holds ``marker``, else raise a DataError."""
@@ -258,8 +220,6 @@ class BenchmarkDataModule(RetrievalDataModule):
             "the copy is incomplete: extract the image archive again",
         )
         self.check_counts(annotations)
-        if self.skip_corrupt:
-            annotations = self.drop_undecodable(annotations)
         source = BenchmarkImages(
             annotations.paths,
             annotations.labels,
@@ -301,15 +261,6 @@ class BenchmarkDataModule(RetrievalDataModule):
         self.count_report = f"PARTIAL COPY (allow_partial): {'; '.join(differences)}"
         rank_zero_warn(f"{self.dataset_name}: {self.count_report}")
 
-    def drop_undecodable(self, annotations: Annotations) -> Annotations:
-        """Leave out the images PIL cannot decode, listing them in the log."""
-        self.skipped = undecodable(annotations.paths)
-        if not self.skipped:
-            return annotations
-        rank_zero_info(f"skipped {len(self.skipped)} undecodable images:\n" + "\n".join(self.skipped))
-        bad = set(self.skipped)
-        return annotations.keep([i for i, path in enumerate(annotations.paths) if path not in bad])
-
     def default_transforms(self, train: bool) -> Callable:
         """Return :func:`benchmark_transforms` with this module's sizes and normalisation."""
         return benchmark_transforms(
@@ -327,6 +278,4 @@ class BenchmarkDataModule(RetrievalDataModule):
         if self.test_set.is_query is not None:
             queries, gallery = int(self.test_set.is_query.sum()), int(self.test_set.is_gallery.sum())
             lines.append(f"test: {queries:,} queries searched among {gallery:,} gallery images")
-        if self.skip_corrupt:
-            lines.append(f"skipped {len(self.skipped)} undecodable images")
         return "\n".join(lines)

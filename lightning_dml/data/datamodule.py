@@ -112,6 +112,13 @@ class RetrievalDataModule(L.LightningDataModule):
         """Return the training pool and the test set for ``self.protocol``, without transforms."""
         raise NotImplementedError
 
+    def screen_images(
+        self, pool: RetrievalDataset, test: RetrievalDataset
+    ) -> tuple[RetrievalDataset, RetrievalDataset]:
+        """Return the training pool and test set that the splits are made from: every image here; data
+        modules reading image files check them first (see :class:`ImageFileDataModule`)."""
+        return pool, test
+
     def split_pool(
         self, source: ImageSource, train_classes: Sequence[int], test_fraction: float
     ) -> tuple[RetrievalDataset, RetrievalDataset]:
@@ -176,7 +183,7 @@ class RetrievalDataModule(L.LightningDataModule):
                 f"validation: unseen holds out training classes, but protocol {self.protocol} tests the "
                 "training classes; use validation: [seen] or protocol: zero_shot"
             )
-        pool, test = self.build()
+        pool, test = self.screen_images(*self.build())
         train_t = self.train_transform or self.default_transforms(train=True)
         eval_t = self.eval_transform or self.default_transforms(train=False)
         generator = torch.Generator().manual_seed(self.seed)

@@ -10,7 +10,7 @@ import torch
 from torchvision.transforms import v2
 
 from lightning_dml.data.base import ImageFiles, RetrievalDataset
-from lightning_dml.data.datamodule import RetrievalDataModule
+from lightning_dml.data.image_files import ImageFileDataModule
 from lightning_dml.data.splits import check_class_list, listed
 from lightning_dml.errors import DataError
 
@@ -57,7 +57,7 @@ def scan_class_folders(root: Path, extensions: Sequence[str]) -> tuple[list[str]
     return [folder.name for folder in folders], [path for files in images for path in files], labels
 
 
-class ImageFolder(RetrievalDataModule):
+class ImageFolder(ImageFileDataModule):
     """Images in one folder per class, ``root/<class_name>/<image>``; classes sorted by name get ids 0..C-1.
 
     Zero-shot (default): the classes named in ``train_classes`` (default: the first half of the sorted names)
@@ -70,7 +70,8 @@ class ImageFolder(RetrievalDataModule):
         extensions: file name endings counted as images (case-insensitive).
         test_fraction: fraction of each class's images held out for testing in the closed-set protocol.
         image_size: side of the square images the default transforms produce.
-        **kwargs: the :class:`RetrievalDataModule` arguments.
+        **kwargs: the :class:`ImageFileDataModule` arguments (``verify_images``, ``skip_corrupt``) and
+            the :class:`RetrievalDataModule` ones.
     """
 
     num_channels = 3

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from lightning_dml.data.base import ImageFiles, RetrievalDataset, check_files_exist
-from lightning_dml.data.datamodule import RetrievalDataModule
 from lightning_dml.data.folder import file_transforms
+from lightning_dml.data.image_files import ImageFileDataModule
 from lightning_dml.errors import DataError
 
 REQUIRED_COLUMNS = ("path", "label", "split")
@@ -71,7 +71,7 @@ def label_ids(values: list[str]) -> list[int]:
         return [ids[value] for value in values]
 
 
-class ImageCSV(RetrievalDataModule):
+class ImageCSV(ImageFileDataModule):
     """Images listed in a CSV file with the columns ``path,label,split`` and optional ``is_query,is_gallery``.
 
     ``split`` is ``train`` or ``test``; labels are integers (kept as class ids) or names (numbered in sorted
@@ -83,7 +83,8 @@ class ImageCSV(RetrievalDataModule):
         path: the CSV file.
         root: folder that relative image paths start from; ``None`` means the CSV file's folder.
         image_size: side of the square images the default transforms produce.
-        **kwargs: the :class:`RetrievalDataModule` arguments.
+        **kwargs: the :class:`ImageFileDataModule` arguments (``verify_images``, ``skip_corrupt``) and
+            the :class:`RetrievalDataModule` ones.
     """
 
     num_channels = 3

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
@@ -27,6 +28,8 @@ from lightning_dml.metrics import rank
 from lightning_dml.models import GeminiNetwork
 
 TARGETS_FILE = "targets.pt"
+#: Logged key of the targets' leave-one-out 1-NN accuracy (the "targets" set of the run summary).
+TARGET_ACCURACY = "targets/1nn_accuracy"
 
 
 def raw_pixel_transform() -> Callable:
@@ -82,7 +85,7 @@ class GeminiTeacher(RetrievalModule):
     Needs the data module's ``train_sampler: class_pair_triplets`` (each batch: b anchors, b positives of
     class i, b negatives of class j, so only streams i and j run) and, with ``raw_pixels`` (the paper's
     scale), ``raw_pixels: true`` there too. At the end of fit it writes the targets file into the logger's
-    run folder (``trainer.log_dir``) and logs ``train/target_1nn_accuracy``, the leave-one-out 1-NN
+    run folder (``trainer.log_dir``) and logs ``targets/1nn_accuracy``, the leave-one-out 1-NN
     accuracy of the targets (≈ 1 when the teacher works). There is no embedding for an image of unknown
     class, so the teacher is not evaluated: configure no validation sets and ``test_after_fit: false``.
 
@@ -164,17 +167,20 @@ class GeminiTeacher(RetrievalModule):
             "fingerprint": self.fingerprint,
         }
 
-    def on_fit_end(self) -> None:
-        """Compute, save and check the targets (rank 0), then let every rank go on."""
+    def on_train_end(self) -> None:
+        """Compute, save and check the targets (rank 0), then let every rank go on; before ``on_fit_end``,
+        so the run summary shows their accuracy."""
         trainer = self.trainer
         if trainer.is_global_zero and trainer.datamodule is not None:
             datamodule = trainer.datamodule
             transform = raw_pixel_transform() if self.raw_pixels else datamodule.default_transforms(False)
             targets = stream_targets(self.network, datamodule.train_set, transform)
             labels = datamodule.train_set.labels
-            save_targets(Path(trainer.log_dir or ".") / TARGETS_FILE, targets, labels, self.fingerprint)
+            path = Path(trainer.log_dir or ".") / TARGETS_FILE
+            save_targets(path, targets, labels, self.fingerprint)
             accuracy = nearest_neighbour_accuracy(targets, labels)
-            trainer.callback_metrics["train/target_1nn_accuracy"] = torch.tensor(accuracy)
+            trainer.callback_metrics[TARGET_ACCURACY] = torch.tensor(accuracy)
             for logger in trainer.loggers:
-                logger.log_metrics({"train/target_1nn_accuracy": accuracy}, step=trainer.global_step)
+                logger.log_metrics({TARGET_ACCURACY: accuracy}, step=trainer.global_step)
+            rank_zero_info(f"G-DML targets written to {path} (leave-one-out 1-NN accuracy {accuracy:.4f})")
         trainer.strategy.barrier()

@@ -22,6 +22,7 @@ def fake_trainer(metrics: dict[str, float], epoch: int, mode: str = "max") -> Si
     """The trainer attributes ``RunSummary.on_validation_end`` reads."""
     return SimpleNamespace(
         sanity_checking=False,
+        state=SimpleNamespace(fn="fit"),
         current_epoch=epoch,
         callback_metrics={key: torch.tensor(value) for key, value in metrics.items()},
         checkpoint_callback=SimpleNamespace(monitor="val/map@r", mode=mode),
@@ -56,29 +57,79 @@ def test_metrics_table_has_a_row_per_metric_and_a_column_per_set():
     assert lines == [["metric", "val", "test"], ["map@r", "0.5000", "0.2500"], ["recall@1", "0.7500"]]
 
 
-def test_a_cli_fit_prints_the_best_metrics_checkpoint_and_log_directory(
+def table_rows(text: str, first: str) -> int:
+    """How many printed table rows start with the cell ``first``."""
+    return sum(line.strip("│ ").split()[:1] == [first] for line in text.splitlines())
+
+
+def summary_rows(text: str) -> dict[str, list[str]]:
+    """The rows of a printed summary panel: first cell -> the other cells."""
+    cells = [line.strip("│ ").split() for line in text.splitlines()]
+    return {cell[0]: cell[1:] for cell in cells if cell}
+
+
+def test_a_cli_fit_prints_one_summary_with_the_choosing_set_and_the_test(
     quick_args, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.setenv("COLUMNS", "400")  # no line wrapping in the panel
     cli = DMLCLI(
         args=["fit", *quick_args, "--trainer.limit_train_batches", "2", "--pictures.every_n_epochs", "0"]
     )
-    fit_summary, test_summary = capsys.readouterr().out.split("fit summary")[1].split("test summary")
+    out = capsys.readouterr().out
+    assert "fit summary" not in out and "DataLoader" not in out and "Test metric" not in out
+    (test_summary,) = out.split("test summary")[1:]
     checkpoint = cli.trainer.checkpoint_callback
     best_score = f"val_seen/map@r = {float(checkpoint.best_model_score):.4f}"
     log_dir = tmp_path / "runs/quickstart/version_0"
-    for text in (fit_summary, test_summary):
-        assert "validation sets: epoch 0, the best by val_seen/map@r" in text
-        assert f"best checkpoint: {checkpoint.best_model_path} ({best_score})" in text
-        assert f"last checkpoint: {log_dir}/checkpoints/last.ckpt" in text
-        assert f"log directory: {log_dir}" in text
+    assert "validation: epoch 0, the best by val_seen/map@r" in test_summary
+    assert f"best checkpoint: {checkpoint.best_model_path} ({best_score})" in test_summary
+    assert f"last checkpoint: {log_dir}/checkpoints/last.ckpt" in test_summary
+    assert f"log directory: {log_dir}" in test_summary
     assert f"tested weights: {checkpoint.best_model_path}" in test_summary
-    cells = [line.strip("│ ").split() for line in test_summary.splitlines()]
-    rows = {cell[0]: cell[1:] for cell in cells if cell}
+    rows = summary_rows(test_summary)
     test_map = float(cli.trainer.callback_metrics["test/map@r"])
-    assert rows["metric"] == ["val_seen", "val_test", "test"]
-    assert float(rows["map@r"][2]) == round(test_map, 4)
+    # val_test (same images, same weights) would repeat the test
+    assert rows["metric"] == ["val_seen", "test"]
+    assert float(rows["map@r"][1]) == round(test_map, 4)
     assert float(rows["map@r"][0]) == round(float(checkpoint.best_model_score), 4)
+    assert table_rows(out, "map@r") == 1  # each metric printed once, in the one table
+
+
+def test_validate_of_a_checkpoint_prints_each_metric_once_and_logs_beside_its_run(
+    quick_args, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("COLUMNS", "400")
+    monkeypatch.chdir(tmp_path)
+    fit = ["fit", *quick_args, "--trainer.limit_train_batches", "2", "--pictures.every_n_epochs", "0"]
+    DMLCLI(args=[*fit, "--test_after_fit", "false"])
+    fit_summary = capsys.readouterr().out.split("fit summary")[1]
+    assert summary_rows(fit_summary)["metric"] == ["val_seen", "val_test"]
+    run = tmp_path / "runs/quickstart/version_0"
+    config = (run / "config.yaml").read_text()
+
+    checkpoint = run / "checkpoints/last.ckpt"
+    cli = DMLCLI(
+        args=["validate", *quick_args, "--ckpt_path", str(checkpoint), "--pictures.every_n_epochs", "0"]
+    )
+    out = capsys.readouterr().out
+    assert "DataLoader" not in out and out.count("validate summary") == 1
+    rows = summary_rows(out.split("validate summary")[1])
+    assert rows["metric"] == ["val_seen", "val_test"] and table_rows(out, "map@r") == 1
+    logged = cli.trainer.callback_metrics
+    assert float(rows["map@r"][1]) == round(float(logged["val_test/map@r"]), 4)
+    assert f"validated weights: {checkpoint}" in out
+    assert (run / "validate/config.yaml").is_file() and list((run / "validate").glob("events.out.tfevents.*"))
+    assert (run / "config.yaml").read_text() == config  # the training run's config is kept
+    assert sorted(path.name for path in (tmp_path / "runs/quickstart").iterdir()) == ["version_0"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]  # nothing in the working directory
+
+
+def test_without_a_logger_nothing_lands_in_the_working_directory(quick_args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [*quick_args, "--trainer.logger", "false", "--trainer.limit_train_batches", "2"]
+    DMLCLI(args=["fit", *args, "--pictures.every_n_epochs", "0", "--test_after_fit", "false"])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]
+    assert list((tmp_path / "runs/checkpoints").glob("*.ckpt")) and not list(tmp_path.rglob("config.yaml"))
 
 
 def test_the_progress_bar_shows_the_checkpoint_monitor():

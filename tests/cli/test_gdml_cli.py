@@ -1,5 +1,6 @@
 """G-DML through the CLI on digits: the teacher's run leaves targets, the student trains on them."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,24 @@ def fit(config: str, runs: Path, *args: str) -> DMLCLI:
     return DMLCLI(args=["fit", *quick_cli_args(runs, f"configs/gdml/{config}"), *args])
 
 
-def test_teacher_then_student_through_the_cli(tmp_path):
+def test_teacher_then_student_through_the_cli(tmp_path, capsys, caplog, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # no line wrapping in the summary panel
+    caplog.set_level(logging.INFO)
     teacher = fit("digits_teacher.yaml", tmp_path, "--trainer.limit_train_batches", "40")
     run = Path(teacher.trainer.log_dir)
     assert (run / "targets.pt").is_file()
-    print("target 1-NN accuracy", float(teacher.trainer.callback_metrics["train/target_1nn_accuracy"]))
-    assert 0.5 < float(teacher.trainer.callback_metrics["train/target_1nn_accuracy"]) <= 1.0
+    accuracy = float(teacher.trainer.callback_metrics["targets/1nn_accuracy"])
+    print("target 1-NN accuracy", accuracy)
+    assert 0.5 < accuracy <= 1.0
+    # the run says where the targets went, and its summary shows their accuracy
+    assert f"G-DML targets written to {run / 'targets.pt'} (leave-one-out 1-NN accuracy {accuracy:.4f})" in (
+        caplog.text
+    )
+    summary = capsys.readouterr().out.split("fit summary")[1]
+    rows = {
+        cells[0]: cells[1:] for cells in (line.strip("│ ").split() for line in summary.splitlines()) if cells
+    }
+    assert rows["metric"] == ["targets"] and rows["1nn_accuracy"] == [f"{accuracy:.4f}"]
 
     student = fit(
         "digits_student.yaml",

@@ -49,7 +49,7 @@ def single_process(trained):
 
 def test_predict_writes_the_test_set_in_order_with_the_model_embeddings(trained, single_process):
     folder, _, checkpoint = trained
-    assert not (folder / "predictions").exists()  # fit writes no predictions
+    assert not list((folder / "runs").rglob("*.npz"))  # fit writes no predictions
     labels = load_digits().target
     np.testing.assert_array_equal(single_process["indices"], np.arange(1077))
     np.testing.assert_array_equal(single_process["labels"], labels[labels >= 4])
@@ -61,14 +61,16 @@ def test_predict_writes_the_test_set_in_order_with_the_model_embeddings(trained,
     np.testing.assert_allclose(single_process["embeddings"], expected.numpy(), atol=1e-5)
 
 
-def test_predict_writes_to_the_default_path_and_says_where(trained, tmp_path, monkeypatch, caplog):
+def test_predict_writes_into_the_checkpoints_run_and_says_where(trained, tmp_path, monkeypatch, caplog):
     _, args, checkpoint = trained
     monkeypatch.chdir(tmp_path)
     caplog.set_level(logging.INFO)
     main(["predict", *args, "--ckpt_path", str(checkpoint)])
-    columns = read_embeddings(tmp_path / "predictions/embeddings.npz")
+    output = checkpoint.parent.parent / "predict/embeddings.npz"  # <run>/predict/, beside the training logs
+    columns = read_embeddings(output)
     assert columns["embeddings"].shape == (896, 64)  # the quickstart's test set: digits 5–9
-    assert f"Wrote 896 embeddings to {tmp_path / 'predictions/embeddings.npz'}" in caplog.text
+    assert f"Wrote 896 embeddings to {output}" in caplog.text
+    assert not list(tmp_path.iterdir())  # nothing in the working directory
 
 
 def test_two_process_predict_writes_each_image_once_like_one_process(trained, single_process):

@@ -111,6 +111,10 @@ def test_offline_run_holds_every_metric_the_config_the_pictures_and_the_best_che
         assert (run_dir / "files" / image).is_file()
 
     checkpoint = cli.trainer.checkpoint_callback
+    # the run keeps its config and checkpoints in its own folder, nothing in the save_dir all runs share
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"] == config["model"]
+    assert Path(checkpoint.best_model_path).parent == run_dir / "checkpoints"
+    assert sorted(path.name for path in run_dir.parent.parent.iterdir()) == ["wandb"]
     (best,) = [artifact for artifact in run["artifacts"] if "best" in artifact.aliases]
     metadata = json.loads(best.metadata)
     assert best.type == "model" and [entry.path for entry in best.manifest.contents] == ["model.ckpt"]

@@ -1,4 +1,5 @@
-"""Tiny copies of the four retrieval benchmarks in their exact published layouts, with real JPEG files.
+"""Tiny copies of the four retrieval benchmarks in their exact published layouts, with real JPEG files, and
+trees for ImageFolder and ImageCSV.
 
 Each builder takes the images per class id (``{class_id: count}``). With ``share_files`` the rows share a few
 image files (one per class for CUB and Cars, per super-class for SOP, per status for In-Shop), so annotation
@@ -161,6 +162,35 @@ def inshop_tree(root: Path, items: dict[int, dict[str, int]], share_files: bool 
     box_header = "image_name clothes_type pose_type x_1 y_1 x_2 y_2\n"
     (root / "Anno" / "list_bbox_inshop.txt").write_text(f"{len(boxes)}\n{box_header}{''.join(boxes)}")
     return root
+
+
+def folder_tree(root: Path, counts: dict[str, int]) -> Path:
+    """Write ImageFolder's layout ``root/<class_name>/<k>.jpg``, ``counts`` images per class name."""
+    for seed, (name, k) in enumerate(rows_of(counts), 1):
+        write_jpeg(root / name / f"{k}.jpg", seed)
+    return root
+
+
+def csv_tree(root: Path, splits: dict[str, dict[int, int]]) -> Path:
+    """Write ``root/list.csv`` (``path,label,split``) and its images ``root/images/<split>/<class>_<k>.jpg``.
+
+    ``splits`` maps ``train`` / ``test`` to the images per class id.
+    """
+    lines = ["path,label,split\n"]
+    for split, counts in splits.items():
+        for seed, (c, k) in enumerate(rows_of(counts), 1):
+            name = f"images/{split}/{c}_{k}.jpg"
+            write_jpeg(root / name, seed)
+            lines.append(f"{name},{c},{split}\n")
+    (root / "list.csv").write_text("".join(lines))
+    return root / "list.csv"
+
+
+def truncate_jpeg(path: Path) -> None:
+    """Replace ``path`` with the first half of a noisy JPEG: headers intact (``Image.verify()`` passes), the
+    pixel data cut short."""
+    Image.effect_noise((64, 64), 50).convert("RGB").save(path, "JPEG")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 def validate_args(config: str, tmp_path: Path) -> list[str]:

@@ -69,7 +69,7 @@ def test_targets_file_round_trips_with_the_training_set_fingerprint(teacher_run)
     distances = np.linalg.norm(targets[:, None] - targets[None], axis=-1)
     np.fill_diagonal(distances, np.inf)  # leave-one-out 1-NN, brute force
     accuracy = (labels[distances.argmin(1)] == labels).mean()
-    assert float(run.callback_metrics["train/target_1nn_accuracy"]) == pytest.approx(accuracy, abs=1e-6)
+    assert float(run.callback_metrics["targets/1nn_accuracy"]) == pytest.approx(accuracy, abs=1e-6)
     assert not list(Path(run.log_dir).glob("*.partial"))
 
 

@@ -1,0 +1,39 @@
+"""The documentation points at files that exist and configs that build."""
+
+import re
+
+import pytest
+
+from lightning_dml.cli import DMLCLI
+from lightning_dml.methods import DeML
+from tests.conftest import REPO, quick_cli_args
+
+DOCUMENTS = [REPO / "README.md", *REPO.glob("configs/**/*.yaml"), *REPO.glob("benchmarks/*.py")]
+CONFIG_PATH = re.compile(r"configs/[\w/.-]+\.yaml")
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: str(path.relative_to(REPO)))
+def test_every_config_a_document_names_exists(document):
+    missing = {name for name in CONFIG_PATH.findall(document.read_text()) if not (REPO / name).is_file()}
+    assert not missing
+
+
+def test_the_deml_digits_u512_overlay_builds_one_stream_one_learner_as_wide_as_deml():
+    configs = ["--config", str(REPO / "configs/deml/digits.yaml")]
+    deml = DMLCLI(args=configs, run=False).model
+    u512 = DMLCLI(args=[*configs, "--config", str(REPO / "configs/deml/u512_digits.yaml")], run=False).model
+    assert isinstance(u512, DeML) and u512.hparams.streams == u512.hparams.learners == 1
+    width = deml.hparams.streams * deml.hparams.learners * deml.hparams.embedding_size
+    assert u512.hparams.embedding_size == width
+
+
+def test_the_readme_python_snippet_runs_after_the_quickstart_and_predict(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = quick_cli_args(tmp_path / "runs")
+    DMLCLI(args=["fit", *args, "--trainer.limit_train_batches", "2", "--test_after_fit", "false"])
+    checkpoint = "runs/quickstart/version_0/checkpoints/last.ckpt"
+    DMLCLI(args=["predict", *args, "--ckpt_path", checkpoint])
+    (snippet,) = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.DOTALL)
+    namespace: dict = {}
+    exec(snippet, namespace)
+    assert namespace["ids"].shape == (8, 10) and (tmp_path / "embedder.onnx").is_file()
