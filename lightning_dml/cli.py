@@ -21,6 +21,7 @@ from lightning_dml.callbacks import (
     RunSummary,
 )
 from lightning_dml.callbacks.run_summary import log_directory
+from lightning_dml.cli_errors import OneLineErrorParser
 from lightning_dml.data.datamodule import RetrievalDataModule
 from lightning_dml.errors import LightningDMLError
 from lightning_dml.methods import RetrievalModule
@@ -93,9 +94,10 @@ class DMLCLI(LightningCLI):
     sections are added: ``evaluation`` (the ``RetrievalEvaluation`` callback), ``pictures`` (the
     ``RetrievalPictures`` callback; ``--pictures.every_n_epochs 0`` turns it off), ``checkpoint`` (a
     ``LatestAndBestCheckpoint`` keeping the best by ``val/map@r`` and the latest epoch as ``last.ckpt``)
-    and ``prediction`` (the ``EmbeddingWriter``: ``predict`` writes ``predictions/embeddings.npz``). The
+    and ``prediction`` (the ``EmbeddingWriter``: ``predict`` writes ``embeddings.npz`` in the run folder). The
     resolved config is also logged to W&B when a ``WandbLogger`` is used, and a run summary is printed at
-    the end. ``fit`` ends with ``test`` on the best checkpoint unless ``--test_after_fit false``.
+    the end. ``fit`` ends with ``test`` on the best checkpoint unless ``--test_after_fit false``. A
+    configuration mistake ends in one line on stderr (:class:`~lightning_dml.cli_errors.OneLineErrorParser`).
     """
 
     def __init__(self, **kwargs) -> None:
@@ -105,6 +107,7 @@ class DMLCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             auto_configure_optimizers=False,
+            parser_class=OneLineErrorParser,
             parser_kwargs={"parser_mode": "omegaconf"},
             save_config_callback=SaveAndLogConfig,
             save_config_kwargs={"overwrite": True},

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from sklearn.decomposition import PCA
 from torch import Tensor
 from torchvision.utils import make_grid
 
@@ -53,6 +52,8 @@ def project_2d(embeddings: Tensor, projection: Projection = "auto", seed: int = 
         import umap
 
         return torch.as_tensor(umap.UMAP(random_state=seed).fit_transform(points.numpy())).float(), "UMAP"
+    from sklearn.decomposition import PCA  # deferred for start-up time
+
     coordinates = PCA(n_components=2, random_state=seed).fit_transform(points.numpy())
     return torch.as_tensor(coordinates).float(), "PCA"
 

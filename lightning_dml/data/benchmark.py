@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
@@ -185,6 +184,8 @@ class BenchmarkDataModule(ImageFileDataModule):
         self.resize_size = resize_size
         self.mean, self.std = tuple(mean), tuple(std)
         if normalization_from is not None:
+            import timm  # deferred for start-up time
+
             cfg = timm.get_pretrained_cfg(normalization_from)
             if cfg is None:
                 raise DataError(

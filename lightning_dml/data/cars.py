@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.io
 
 from lightning_dml.data.benchmark import Annotations, BenchmarkDataModule, check_range, parse_int
 from lightning_dml.errors import DataError
@@ -20,6 +19,8 @@ Row = tuple[str, int, tuple[float, float, float, float], str]  # image, class, 1
 
 def mat_records(path: Path, fields: tuple[str, ...]) -> np.ndarray:
     """Return the ``annotations`` struct array of a MATLAB file, checking that it has ``fields``."""
+    import scipy.io  # deferred for start-up time
+
     if not path.is_file():
         raise DataError(f"annotation file not found: {path}; restore it from the Stanford Cars archive")
     try:

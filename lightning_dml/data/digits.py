@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from sklearn.datasets import load_digits
 from torchvision.transforms import v2
 
 from lightning_dml.data.base import RetrievalDataset, TensorImages
@@ -38,6 +37,8 @@ class Digits(RetrievalDataModule):
 
     def build(self) -> tuple[RetrievalDataset, RetrievalDataset]:
         """Load the digits (grey levels 0–16 scaled to 0–255) and split them by the protocol."""
+        from sklearn.datasets import load_digits  # deferred for start-up time
+
         pixels, labels = load_digits(return_X_y=True)
         images = torch.as_tensor(pixels * 255 / 16).round().to(torch.uint8).reshape(-1, 1, 8, 8)
         return self.split_pool(TensorImages(images, labels), self.train_classes, self.test_fraction)

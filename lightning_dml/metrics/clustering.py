@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import normalized_mutual_info_score
-from sklearn.metrics.cluster import pair_confusion_matrix
 from torch import Tensor
 
 from lightning_dml.errors import DataError
@@ -34,6 +32,8 @@ def pairwise_f1(labels: np.ndarray | Tensor, clusters: np.ndarray | Tensor) -> f
         raise DataError(
             f"got {len(labels)} labels but {len(clusters)} cluster ids; pass one of each per item"
         )
+    from sklearn.metrics.cluster import pair_confusion_matrix  # deferred for start-up time
+
     pairs = pair_confusion_matrix(labels, clusters)
     true_pos, false_pos, false_neg = pairs[1, 1], pairs[0, 1], pairs[1, 0]
     if true_pos + false_pos + false_neg == 0:
@@ -56,6 +56,8 @@ def clustering_metrics(
     retrieval metric. ``seed``, ``n_init`` (runs, the lowest inertia kept) and ``max_iter`` (Lloyd
     iterations per run) make the result reproducible and bound its cost.
     """
+    from sklearn.metrics import normalized_mutual_info_score  # deferred for start-up time
+
     if embeddings.ndim != 2 or labels.shape != (len(embeddings),):
         raise DataError(
             f"embeddings must be (N, D) with 1-D labels of length N, got {tuple(embeddings.shape)} "

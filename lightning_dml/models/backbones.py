@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -38,6 +37,8 @@ def _load_timm_checkpoint(model: nn.Module, checkpoint_path: str, name: str, in_
     loads non-strictly and only logs missing keys, so a checkpoint of another architecture would leave the
     model silently at random initialisation.
     """
+    import timm  # deferred for start-up time
+
     mismatch = f"checkpoint_path {checkpoint_path} does not fit timm model {name!r}"
     fix = f"give a state_dict saved from timm.create_model({name!r})"
     state = timm.models.load_state_dict(checkpoint_path)  # unwraps EMA / "state_dict" nesting, weights_only
@@ -78,6 +79,8 @@ class TimmBackbone(nn.Module):
         checkpoint_path: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        import timm  # deferred for start-up time
+
         super().__init__()
         if not timm.is_model(name):
             raise ConfigError(f"Unknown timm model {name!r}; pick a name listed by timm.list_models().")

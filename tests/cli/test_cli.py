@@ -27,12 +27,23 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_fit_then_test_from_best_checkpoint_through_the_console_script(quick_args, tmp_path, one_thread):
     fit = run("lightning-dml", "fit", *quick_args, "--trainer.max_epochs", "2")
     assert fit.returncode == 0, fit.stderr[-3000:]
-    assert "test/map@r" in fit.stdout  # fit ends with test on the best checkpoint
+    assert "test summary" in fit.stdout and "DataLoader" not in fit.stdout  # fit ends with test, printed once
     checkpoints = sorted((tmp_path / "runs/quickstart").glob("version_*/checkpoints/*.ckpt"))
     assert {p.name for p in checkpoints} >= {"last.ckpt"} and len(checkpoints) == 2
     assert (checkpoints[0].parents[1] / "config.yaml").exists()  # the resolved config is saved with the run
     best = next(p for p in checkpoints if p.name != "last.ckpt")
-    test = run(sys.executable, "-m", "lightning_dml", "test", *quick_args, "--ckpt_path", str(best))
+    # --verbose true: Lightning's own table, whose full-precision values are compared below
+    test = run(
+        sys.executable,
+        "-m",
+        "lightning_dml",
+        "test",
+        *quick_args,
+        "--ckpt_path",
+        str(best),
+        "--verbose",
+        "true",
+    )
     assert test.returncode == 0, test.stderr[-3000:]
     metrics = {
         line.split("│")[1].strip(): float(line.split("│")[2])
@@ -123,15 +134,6 @@ def test_print_config_shows_the_resolved_omegaconf_interpolation(tmp_path, capsy
         )
     assert exit_info.value.code == 0
     assert "hidden_size: 32" in capsys.readouterr().out
-
-
-def test_unknown_config_key_is_refused(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(
-            ["fit", "--config", str(REPO / "configs/quickstart.yaml"), "--model.init_args.embeding_size", "8"]
-        )
-    assert exit_info.value.code != 0
-    assert "embeding_size" in capsys.readouterr().err
 
 
 def test_missing_dataset_is_one_line_naming_the_fix(tmp_path: Path):
