@@ -20,7 +20,7 @@ from lightning_dml.callbacks import (
     RetrievalPictures,
     RunSummary,
 )
-from lightning_dml.callbacks.run_summary import log_directory
+from lightning_dml.callbacks.run_summary import shared_log_directory
 from lightning_dml.cli_errors import OneLineErrorParser
 from lightning_dml.data.datamodule import RetrievalDataModule
 from lightning_dml.errors import LightningDMLError
@@ -51,10 +51,10 @@ class SaveAndLogConfig(SaveConfigCallback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Write the config into the run folder on rank 0, then log it (LightningCLI's flow, but with
-        :func:`log_directory` instead of ``trainer.log_dir``)."""
+        :func:`shared_log_directory` instead of ``trainer.log_dir``)."""
         if self.already_saved or not trainer.loggers:
             return
-        directory = trainer.strategy.broadcast(log_directory(trainer) if trainer.is_global_zero else None)
+        directory = shared_log_directory(trainer)
         if trainer.is_global_zero:
             Path(directory).mkdir(parents=True, exist_ok=True)
             path = Path(directory, self.config_filename)

@@ -24,6 +24,17 @@ def quick_cli_args(runs: Path, config: str = "configs/quickstart.yaml") -> list[
     ]
 
 
+def summary_rows(text: str) -> dict[str, list[str]]:
+    """The rows of a printed summary panel: first cell -> the other cells."""
+    cells = [line.strip("│ ").split() for line in text.splitlines()]
+    return {cell[0]: cell[1:] for cell in cells if cell}
+
+
+def table_rows(text: str, first: str) -> int:
+    """How many printed table rows start with the cell ``first``."""
+    return sum(line.strip("│ ").split()[:1] == [first] for line in text.splitlines())
+
+
 @pytest.fixture
 def quick_args(tmp_path: Path) -> list[str]:
     """:func:`quick_cli_args` for the quickstart config, logging under ``tmp_path``."""

@@ -8,7 +8,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 
-from lightning_dml.callbacks.run_summary import log_directory
+from lightning_dml.callbacks.run_summary import shared_log_directory
 from lightning_dml.errors import ConfigError
 
 
@@ -28,8 +28,7 @@ class LatestAndBestCheckpoint(ModelCheckpoint):
         if self.save_last == "link":
             raise ConfigError("save_last: link points last.ckpt at a best checkpoint; set save_last: true")
         if self.dirpath is None and trainer.loggers and isinstance(trainer.loggers[0], WandbLogger):
-            run = trainer.strategy.broadcast(log_directory(trainer) if trainer.is_global_zero else None)
-            self.dirpath = str(Path(run, "checkpoints"))
+            self.dirpath = str(Path(shared_log_directory(trainer), "checkpoints"))
         super().setup(trainer, pl_module, stage)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -42,6 +42,11 @@ def log_directory(trainer: L.Trainer) -> str | None:
     return getattr(logger, "log_dir", None) or logger.save_dir
 
 
+def shared_log_directory(trainer: L.Trainer) -> str | None:
+    """:func:`log_directory` as rank 0 sees it, on every rank (a W&B run exists on rank 0 only)."""
+    return trainer.strategy.broadcast(log_directory(trainer) if trainer.is_global_zero else None)
+
+
 class RunSummary(L.Callback):
     """Prints, on rank 0, a one-screen summary at the end of ``fit``, ``validate`` and ``test``: each
     metric once per set (Lightning's own per-dataloader tables are turned off by the CLI).

@@ -589,17 +589,11 @@ def _exact_rows(
     block_bytes: int,
 ) -> None:
     """Replace the screen's fields of ``rows`` by those of whole float64 rows (module docstring)."""
-    gallery = _prepare_float64(sorted_gallery, problem.metric)
-    unique, inverse = torch.unique(gallery, dim=0, return_inverse=True)  # duplicates score identically
-    shift = -unique.square().sum(1) if problem.metric == "euclidean" else None
-    n_gallery = len(gallery)
+    n_gallery = len(sorted_gallery)
     chunk_size = max(1, block_bytes // (3 * max(n_gallery, 1) * 8))
-    for part in rows.split(chunk_size):
-        queries = _prepare_float64(query_embeddings[part], problem.metric)
-        if shift is None:
-            block = (queries @ unique.T)[:, inverse]
-        else:
-            block = torch.addmm(shift, queries, unique.T, alpha=2)[:, inverse]
+    blocks = _float64_blocks(query_embeddings, rows, sorted_gallery, problem.metric, chunk_size)
+    for part, queries, distinct_scores, inverse in blocks:
+        block = distinct_scores[:, inverse]
         problem.exclude(block, part)
         relevant_scores = problem.relevant_scores(block, part)
         best = relevant_scores.amax(1, keepdim=True)
@@ -624,24 +618,38 @@ def _exact_rows(
 def _dense_pair_scores(
     queries: Tensor, rows: Tensor, gallery: Tensor, columns: Tensor, metric: Metric
 ) -> Tensor:
-    """:func:`_pair_scores` from float64 matrix products of whole rows against the distinct gallery rows (as
-    :func:`_exact_rows` scores them, so exact duplicates tie), ``BLOCK_BYTES`` of scores at a time."""
-    unique, inverse = torch.unique(_prepare_float64(gallery, metric), dim=0, return_inverse=True)
-    shift = -unique.square().sum(1) if metric == "euclidean" else None
+    """:func:`_pair_scores` from float64 matrix products of whole rows (as :func:`_exact_rows` scores
+    them, so exact duplicates tie), ``BLOCK_BYTES`` of scores at a time."""
     distinct_rows, row_slots = torch.unique(rows, return_inverse=True)
     scores = torch.empty(len(rows), dtype=torch.float64, device=queries.device)
-    per_block = max(1, BLOCK_BYTES // (8 * len(unique)))
-    for start in range(0, len(distinct_rows), per_block):
-        block_queries = _prepare_float64(queries[distinct_rows[start : start + per_block]], metric)
-        if shift is None:
-            block = block_queries @ unique.T
-        else:
-            block = torch.addmm(shift, block_queries, unique.T, alpha=2) - block_queries.square().sum(
-                1, keepdim=True
-            )
-        inside = (row_slots >= start) & (row_slots < start + per_block)
-        scores[inside] = block[row_slots[inside] - start, inverse[columns[inside]]]
+    per_block = max(1, BLOCK_BYTES // (8 * len(gallery)))
+    start = 0
+    for part, block_queries, block, inverse in _float64_blocks(
+        queries, distinct_rows, gallery, metric, per_block
+    ):
+        inside = (row_slots >= start) & (row_slots < start + len(part))
+        slots = row_slots[inside] - start
+        pair_scores = block[slots, inverse[columns[inside]]]
+        if metric == "euclidean":
+            pair_scores = pair_scores - block_queries.square().sum(1)[slots]
+        scores[inside] = pair_scores
+        start += len(part)
     return scores
+
+
+def _float64_blocks(
+    query_embeddings: Tensor, rows: Tensor, gallery: Tensor, metric: Metric, rows_per_block: int
+) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """For each block of ``rows``: ``(rows, their float64 queries, scores, inverse)``, the scores
+    ``(rows, G')`` against the G' distinct float64 gallery items (cosine, or 2<q, g> - |g|² for Euclidean:
+    without the row's own -|q|²) and ``inverse`` mapping each gallery item to its distinct column, so exact
+    duplicates score identically."""
+    unique, inverse = torch.unique(_prepare_float64(gallery, metric), dim=0, return_inverse=True)
+    shift = -unique.square().sum(1) if metric == "euclidean" else None
+    for part in rows.split(rows_per_block):
+        queries = _prepare_float64(query_embeddings[part], metric)
+        scores = queries @ unique.T if shift is None else torch.addmm(shift, queries, unique.T, alpha=2)
+        yield part, queries, scores, inverse
 
 
 def _votes(nearest: Tensor, codes: Tensor, n_labels: int) -> Tensor:

@@ -9,6 +9,7 @@ from rich.console import Console
 from lightning_dml.callbacks import RunSummary
 from lightning_dml.callbacks.run_summary import metrics_table
 from lightning_dml.cli import DMLCLI, KeyMetricProgressBar
+from tests.conftest import summary_rows, table_rows
 
 
 def rendered(renderable) -> str:
@@ -55,17 +56,6 @@ def test_metrics_table_has_a_row_per_metric_and_a_column_per_set():
     table = metrics_table({"val/map@r": 0.5, "val/recall@1": 0.75, "test/map@r": 0.25})
     lines = [line.split() for line in rendered(table).splitlines() if line.strip()]
     assert lines == [["metric", "val", "test"], ["map@r", "0.5000", "0.2500"], ["recall@1", "0.7500"]]
-
-
-def table_rows(text: str, first: str) -> int:
-    """How many printed table rows start with the cell ``first``."""
-    return sum(line.strip("│ ").split()[:1] == [first] for line in text.splitlines())
-
-
-def summary_rows(text: str) -> dict[str, list[str]]:
-    """The rows of a printed summary panel: first cell -> the other cells."""
-    cells = [line.strip("│ ").split() for line in text.splitlines()]
-    return {cell[0]: cell[1:] for cell in cells if cell}
 
 
 def test_a_cli_fit_prints_one_summary_with_the_choosing_set_and_the_test(

@@ -10,7 +10,7 @@ from sklearn.metrics import f1_score, recall_score
 
 from lightning_dml.cli import DMLCLI
 from lightning_dml.errors import DataError
-from tests.conftest import quick_cli_args
+from tests.conftest import quick_cli_args, summary_rows
 from tests.reference import assert_logged, brute_force_metrics, embed_loader
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,9 +34,7 @@ def test_teacher_then_student_through_the_cli(tmp_path, capsys, caplog, monkeypa
         caplog.text
     )
     summary = capsys.readouterr().out.split("fit summary")[1]
-    rows = {
-        cells[0]: cells[1:] for cells in (line.strip("│ ").split() for line in summary.splitlines()) if cells
-    }
+    rows = summary_rows(summary)
     assert rows["metric"] == ["targets"] and rows["1nn_accuracy"] == [f"{accuracy:.4f}"]
 
     student = fit(
