@@ -13,7 +13,7 @@ from torchvision.transforms import v2
 
 from lightning_dml.data.base import ImageSource, RetrievalDataset
 from lightning_dml.data.pair_triplets import ClassPairTripletSampler
-from lightning_dml.data.sampler import ClassBalancedBatchSampler
+from lightning_dml.data.sampler import ClassBalancedBatchSampler, ShuffledBatchSampler
 from lightning_dml.data.splits import (
     check_class_list,
     check_disjoint_classes,
@@ -25,7 +25,7 @@ from lightning_dml.errors import DataError
 from lightning_dml.seeds import run_seed
 
 Protocol = Literal["zero_shot", "closed_set", "closed_set_train_reference"]
-TrainSampler = Literal["class_balanced", "class_pair_triplets"]
+TrainSampler = Literal["class_balanced", "random", "class_pair_triplets", "shuffled_class_pair_triplets"]
 Validation = Literal["seen", "unseen", "test"]
 Stage = Literal["validate", "test", "predict"]
 
@@ -41,6 +41,7 @@ class RetrievalDataModule(L.LightningDataModule):
         classes_per_batch: P, distinct classes in each training batch (``class_balanced``).
         samples_per_class: K, images of each class in a training batch (batch size P·K); with
             ``class_pair_triplets`` it is b, the triplets per batch (batch size 3b).
+        batch_size: images per batch of the ``random`` sampler (``None``: P·K).
         eval_batch_size: batch size for validation, test and predict.
         validation: which evaluation sets are checked during training, each logged under its own name
             (``val`` when there is one, else ``val_seen`` / ``val_unseen`` / ``val_test``):
@@ -53,8 +54,11 @@ class RetrievalDataModule(L.LightningDataModule):
             (the same classes, test images evaluated leave-one-out) or ``closed_set_train_reference`` (the
             G-DML paper's: the closed-set split, the test images as queries searched among the training
             images as gallery, both with evaluation transforms).
-        train_sampler: ``class_balanced`` (P classes × K images per batch) or ``class_pair_triplets``
-            (GEMINI: one ordered class pair's b triplets per batch, a fixed plan replayed every epoch).
+        train_sampler: ``class_balanced`` (P classes × K images per batch); ``random`` (plain shuffled
+            batches of ``batch_size``, the G-DML paper's student and baselines); ``class_pair_triplets``
+            (GEMINI: one ordered class pair's b triplets per batch, a fixed plan replayed every epoch); or
+            ``shuffled_class_pair_triplets`` (the same fixed triplets dealt into new mixed batches of b each
+            epoch: the G-DML authors' Triplet-Network baseline).
         raw_pixels: feed float pixel values in 0–255, without scaling or normalisation (the GEMINI teacher's
             input scale), to the default transforms.
         augment: apply the dataset's training augmentation in the default training transform.
@@ -74,6 +78,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self,
         classes_per_batch: int = 8,
         samples_per_class: int = 4,
+        batch_size: int | None = None,
         eval_batch_size: int = 256,
         validation: Sequence[Validation] = ("unseen",),
         val_classes: float = 0.2,
@@ -92,6 +97,7 @@ class RetrievalDataModule(L.LightningDataModule):
             raise DataError(f"validation lists a set twice: {list(validation)}")
         self.classes_per_batch = classes_per_batch
         self.samples_per_class = samples_per_class
+        self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.validation = list(validation)
         self.val_classes = val_classes
@@ -268,8 +274,14 @@ class RetrievalDataModule(L.LightningDataModule):
         shards itself. Its plans are seeded by the run seed, rank 0's (the same on every rank).
         """
         seed = run_seed() if self.trainer is None else self.trainer.strategy.broadcast(run_seed())
-        if self.train_sampler == "class_pair_triplets":
-            sampler = ClassPairTripletSampler(self.train_set.labels, self.samples_per_class, seed=seed)
+        if self.train_sampler.endswith("class_pair_triplets"):
+            shuffle = self.train_sampler == "shuffled_class_pair_triplets"
+            sampler = ClassPairTripletSampler(
+                self.train_set.labels, self.samples_per_class, seed=seed, shuffle_triplets=shuffle
+            )
+        elif self.train_sampler == "random":
+            batch_size = self.batch_size or self.classes_per_batch * self.samples_per_class
+            sampler = ShuffledBatchSampler(len(self.train_set), batch_size, seed=seed)
         else:
             sampler = ClassBalancedBatchSampler(
                 self.train_set.labels, self.classes_per_batch, self.samples_per_class, seed=seed

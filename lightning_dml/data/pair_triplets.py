@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lightning_dml.data.sampler import ShardedBatchSampler
+from lightning_dml.data.sampler import ShardedBatchSampler, epoch_generator
 from lightning_dml.errors import DataError
 
 
@@ -18,7 +18,9 @@ class ClassPairTripletSampler(ShardedBatchSampler):
     The b anchors and b positives are 2b distinct images of class i, the b negatives b distinct images of
     class j. The pairs are shuffled once and the whole plan is drawn once from ``seed``, then replayed in the
     same order every epoch (GEMINI's fixed triplet set); ranks share it out as :class:`ShardedBatchSampler`
-    says.
+    says. With ``shuffle_triplets`` the same fixed triplets are instead dealt into new batches of b each
+    epoch, mixing class pairs (the G-DML authors' Triplet-Network baseline: a shuffled loader over the fixed
+    triplet set); the rows keep the ``[anchors, positives, negatives]`` layout.
     """
 
     def __init__(
@@ -26,6 +28,7 @@ class ClassPairTripletSampler(ShardedBatchSampler):
         labels: Tensor | Sequence[int],
         triplets_per_batch: int,
         seed: int = 0,
+        shuffle_triplets: bool = False,
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
@@ -56,14 +59,14 @@ class ClassPairTripletSampler(ShardedBatchSampler):
         self.plan = torch.stack(batches)
         self.num_batches = len(self.plan)
         self.triplets_per_batch = triplets_per_batch
+        self.seed = seed
+        self.shuffle_triplets = shuffle_triplets
 
     def epoch_plan(self) -> Tensor:
-        """The fixed plan, the same every epoch: ``(num_pairs, 3b)`` positions."""
-        return self.plan
-
-
-def split_triplets(batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Row positions ``(anchors, positives, negatives)`` of a ``ClassPairTripletSampler`` batch of 3b."""
-    if batch_size % 3:
-        raise DataError(f"a class-pair triplet batch has 3b rows, got {batch_size}")
-    return tuple(torch.arange(batch_size).view(3, -1))
+        """The epoch's ``(num_pairs, 3b)`` positions: the fixed plan, or its triplets dealt anew."""
+        if not self.shuffle_triplets:
+            return self.plan
+        b = self.triplets_per_batch
+        triplets = self.plan.view(-1, 3, b).transpose(1, 2).reshape(-1, 3)  # (num_pairs * b, 3)
+        order = torch.randperm(len(triplets), generator=epoch_generator(self.seed, self.epoch))
+        return triplets[order].view(-1, b, 3).transpose(1, 2).reshape(-1, 3 * b)

@@ -1,4 +1,5 @@
-"""Class-balanced P×K batch sampler: (nearly) every image each epoch, whole batches split across ranks."""
+"""Training batch samplers: class-balanced P×K batches or plain shuffled ones, whole batches split across
+ranks."""
 
 from __future__ import annotations
 
@@ -121,9 +122,7 @@ class ClassBalancedBatchSampler(ShardedBatchSampler):
         return self._cached_plan[1]
 
     def _build_plan(self, epoch: int) -> Tensor:
-        # torch's CPU generator keeps only the low 32 bits of its seed: hash (seed, epoch) into 32 bits
-        digest = hashlib.blake2b(f"{self.seed}:{epoch}".encode(), digest_size=4).digest()
-        generator = torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+        generator = epoch_generator(self.seed, epoch)
         groups = [self._shuffled_groups(positions, generator) for positions in self.positions_per_class]
         # a class is in a batch at most once, so at most num_batches of its groups can be used
         remaining = torch.tensor([min(len(g), self.num_batches) for g in groups], dtype=torch.float64)
@@ -155,6 +154,42 @@ class ClassBalancedBatchSampler(ShardedBatchSampler):
         # the top-up comes from the first groups, so it never repeats an image of the last group (n >= K)
         shortfall = -len(shuffled) % self.samples_per_class
         return torch.cat([shuffled, shuffled[:shortfall]]).view(-1, self.samples_per_class)
+
+
+class ShuffledBatchSampler(ShardedBatchSampler):
+    """Yield batches of ``batch_size`` positions of a fresh random permutation each epoch, the incomplete last
+    batch dropped (so every epoch has the same length): plain shuffled batches without regard to classes, as
+    the G-DML paper trains its student and baselines. The plan depends only on ``(seed, epoch)``."""
+
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        super().__init__(num_replicas, rank)
+        if not 1 <= batch_size <= num_items:
+            raise DataError(
+                f"batch_size={batch_size} but the training set holds {num_items} images; set batch_size "
+                f"between 1 and {num_items}"
+            )
+        self.num_items = num_items
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_batches = num_items // batch_size
+
+    def epoch_plan(self) -> Tensor:
+        """The current epoch's ``(num_batches, batch_size)`` positions."""
+        order = torch.randperm(self.num_items, generator=epoch_generator(self.seed, self.epoch))
+        return order[: self.num_batches * self.batch_size].view(self.num_batches, self.batch_size)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator seeded by ``(seed, epoch)``, hashed into the 32 bits torch's CPU generator keeps."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}".encode(), digest_size=4).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
 
 
 def most_batches(groups_per_class: Sequence[int], classes_per_batch: int) -> int:

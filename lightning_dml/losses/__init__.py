@@ -1,12 +1,14 @@
-"""Metric-learning losses that pytorch-metric-learning lacks.
+"""Metric-learning losses (and a positional miner) that pytorch-metric-learning lacks.
 
-Every loss here follows PML's calling convention ``loss(embeddings, labels, indices_tuple=None, ref_emb=None,
-ref_labels=None)``. Any loss PML already has is used directly by ``class_path``
+``BinomialDevianceLoss`` follows PML's calling convention ``loss(embeddings, labels, indices_tuple=None)``
+and ``BatchTriplets`` PML's miner convention ``miner(embeddings, labels)``; the G-DML and DeML losses are
+called by their own methods. Any loss PML already has is used directly by ``class_path``
 (e.g. ``pytorch_metric_learning.losses.MultiSimilarityLoss``) and is not wrapped here.
 """
 
+from lightning_dml.losses.batch_triplets import BatchTriplets
 from lightning_dml.losses.binomial_deviance import BinomialDevianceLoss
 from lightning_dml.losses.deml import DeMLAdversary
 from lightning_dml.losses.gemini import GeminiLoss, TargetDistanceLoss
 
-__all__ = ["BinomialDevianceLoss", "DeMLAdversary", "GeminiLoss", "TargetDistanceLoss"]
+__all__ = ["BatchTriplets", "BinomialDevianceLoss", "DeMLAdversary", "GeminiLoss", "TargetDistanceLoss"]

@@ -53,7 +53,8 @@ class RetrievalModule(L.LightningModule):
         optimizer: optimizer factory, called with the parameter groups of :meth:`parameter_groups`.
         scheduler: optional learning-rate scheduler factory.
         scheduler_interval: step the scheduler every ``epoch`` or every ``step``.
-        scheduler_monitor: metric a ``ReduceLROnPlateau`` scheduler watches.
+        scheduler_monitor: metric a ``ReduceLROnPlateau`` scheduler watches; by default
+            ``train/epoch_loss``, the mean training loss of the epoch (``train/loss`` is the last step's).
     """
 
     def __init__(
@@ -61,7 +62,7 @@ class RetrievalModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
-        scheduler_monitor: str = "train/loss",
+        scheduler_monitor: str = "train/epoch_loss",
     ) -> None:
         super().__init__()
         self.optimizer_factory = optimizer
@@ -90,6 +91,7 @@ class RetrievalModule(L.LightningModule):
         if not torch.isfinite(loss):
             raise TrainingError(self._non_finite_loss_message(loss.item()))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["label"]))
+        self.log("train/epoch_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["label"]))
         return loss
 
     def _non_finite_loss_message(self, loss: float) -> str:

@@ -60,7 +60,6 @@ class GuidedStudent(RetrievalModule):
         teacher: the teacher's targets file, or its checkpoint: then ``targets.pt`` in the checkpoint's run
             folder is used, and computed from the checkpoint (and saved there) when it is missing.
         embedding_size: d, the teacher's output size.
-        scheduler_monitor: ``train/epoch_loss`` (the mean training loss) by default, for ReduceLROnPlateau.
         **kwargs: optimizer and scheduler options of :class:`RetrievalModule`.
     """
 
@@ -69,10 +68,9 @@ class GuidedStudent(RetrievalModule):
         backbone: nn.Module,
         teacher: str,
         embedding_size: int = 2,
-        scheduler_monitor: str = "train/epoch_loss",
         **kwargs: Any,
     ) -> None:
-        super().__init__(scheduler_monitor=scheduler_monitor, **kwargs)
+        super().__init__(**kwargs)
         self.save_hyperparameters()
         self.backbone = backbone
         self.head = EmbeddingHead(backbone.out_features, embedding_size, normalize=False)
@@ -122,7 +120,4 @@ class GuidedStudent(RetrievalModule):
 
     def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Mean Euclidean distance between the batch's embeddings and their targets (by dataset index)."""
-        targets = self.targets[batch["index"]]
-        loss = self.loss(self.embed(batch["image"]), targets)
-        self.log("train/epoch_loss", loss, on_step=False, on_epoch=True, batch_size=len(targets))
-        return loss
+        return self.loss(self.embed(batch["image"]), self.targets[batch["index"]])

@@ -98,3 +98,41 @@ def test_raw_pixels_give_unscaled_values_and_augment_false_keeps_images_fixed():
     assert image.dtype == torch.float32 and float(image.max()) > 1
     torch.testing.assert_close(image, source.float())
     torch.testing.assert_close(module.train_set[0]["image"], image)
+
+
+def triplets_of(batches: list[list[int]], b: int) -> list[tuple[int, int, int]]:
+    """The (anchor, positive, negative) positions of batches laid out [a_1..a_b, p_1..p_b, n_1..n_b]."""
+    return [(batch[i], batch[b + i], batch[2 * b + i]) for batch in batches for i in range(b)]
+
+
+def test_shuffled_triplets_deal_the_fixed_triplets_into_new_mixed_batches_each_epoch():
+    b = 3
+    fixed = triplets_of(list(ClassPairTripletSampler(LABELS, b, seed=2)), b)
+    sampler = ClassPairTripletSampler(LABELS, b, seed=2, shuffle_triplets=True)
+    epochs = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == 12
+        triplets = triplets_of(batches, b)
+        assert sorted(triplets) == sorted(fixed)  # the same triplets, each once
+        for a, p, n in triplets:  # the layout still gives valid triplets
+            assert LABELS[a] == LABELS[p] != LABELS[n]
+        pairs_per_batch = [
+            {(int(LABELS[a]), int(LABELS[n])) for a, _, n in triplets_of([batch], b)} for batch in batches
+        ]
+        assert max(len(pairs) for pairs in pairs_per_batch) > 1  # class pairs are mixed
+        epochs.append(triplets)
+    assert epochs[0] != epochs[1]
+
+
+def test_data_module_builds_shuffled_class_pair_triplets():
+    module = Digits(
+        protocol="closed_set",
+        validation=[],
+        train_sampler="shuffled_class_pair_triplets",
+        samples_per_class=5,
+    )
+    module.setup()
+    sampler = module.train_dataloader().batch_sampler
+    assert isinstance(sampler, ClassPairTripletSampler) and sampler.shuffle_triplets

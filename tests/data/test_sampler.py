@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_dml.data.sampler import ClassBalancedBatchSampler, most_batches
+from lightning_dml.data import Digits
+from lightning_dml.data.sampler import ClassBalancedBatchSampler, ShuffledBatchSampler, most_batches
 from lightning_dml.errors import DataError
 
 
@@ -166,3 +167,50 @@ def test_error_on_rank_outside_world():
     sampler = ClassBalancedBatchSampler(torch.arange(4).repeat(2), 2, 2, num_replicas=2, rank=2)
     with pytest.raises(DataError, match="outside num_replicas=2"):
         len(sampler)
+
+
+def test_shuffled_batches_are_a_fresh_permutation_each_epoch_without_the_incomplete_batch():
+    sampler = ShuffledBatchSampler(num_items=23, batch_size=5, seed=3)
+    epochs = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == 4 and all(len(batch) == 5 for batch in batches)
+        positions = [i for batch in batches for i in batch]
+        assert len(set(positions)) == 20 and set(positions) <= set(range(23))
+        epochs.append(positions)
+    assert epochs[0] != epochs[1] != epochs[2]
+    again = ShuffledBatchSampler(num_items=23, batch_size=5, seed=3)
+    again.set_epoch(1)
+    assert [i for batch in again for i in batch] == epochs[1]
+    other_seed = ShuffledBatchSampler(num_items=23, batch_size=5, seed=4)
+    other_seed.set_epoch(1)
+    assert [i for batch in other_seed for i in batch] != epochs[1]
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_shuffled_batches_are_shared_out_by_rank(world_size):
+    plans = [
+        list(ShuffledBatchSampler(40, 4, seed=1, num_replicas=world_size, rank=r)) for r in range(world_size)
+    ]
+    whole = list(ShuffledBatchSampler(40, 4, seed=1, num_replicas=1, rank=0))
+    per_rank = 10 // world_size
+    for rank, batches in enumerate(plans):
+        assert batches == whole[rank::world_size][:per_rank]
+
+
+def test_shuffled_batch_size_larger_than_the_set_is_refused():
+    with pytest.raises(
+        DataError, match=r"^batch_size=30 but the training set holds 20 images; set batch_size"
+    ):
+        ShuffledBatchSampler(20, 30)
+
+
+def test_the_random_sampler_of_the_data_module_mixes_classes_in_batches_of_batch_size():
+    module = Digits(protocol="closed_set", validation=[], train_sampler="random", batch_size=50)
+    module.setup("fit")
+    loader = module.train_dataloader()
+    assert isinstance(loader.batch_sampler, ShuffledBatchSampler)
+    assert len(loader) == len(module.train_set) // 50
+    labels = next(iter(loader))["label"]
+    assert len(labels) == 50 and len(labels.unique()) > 2  # not class-balanced groups

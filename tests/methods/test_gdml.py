@@ -13,7 +13,14 @@ from lightning_dml.data import Digits
 from lightning_dml.data.fingerprint import dataset_fingerprint
 from lightning_dml.errors import DataError
 from lightning_dml.methods import GeminiTeacher, GuidedStudent
-from lightning_dml.methods.gdml import TARGETS_FILE, load_targets, raw_pixel_transform, stream_targets
+from lightning_dml.methods.gdml import (
+    TARGETS_FILE,
+    load_targets,
+    nearest_neighbour_accuracy,
+    raw_pixel_transform,
+    stream_targets,
+)
+from lightning_dml.metrics import rank
 from lightning_dml.models import SmallCNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -113,3 +120,16 @@ def test_a_file_that_is_not_a_targets_file_is_refused(tmp_path):
         load_targets(tmp_path / "other.pt")
     with pytest.raises(DataError, match="run the teacher stage first"):
         load_targets(tmp_path / "missing.pt")
+
+
+def test_targets_accuracy_equals_the_metric_cores_leave_one_out_recall_at_1_with_ties():
+    generator = torch.Generator().manual_seed(0)
+    points = torch.randint(0, 4, (300, 2), generator=generator).float()  # a 4 x 4 grid: many exact ties
+    labels = torch.randint(0, 3, (300,), generator=generator)
+    ranking = rank(points, labels, metric="euclidean")
+    expected = float(ranking.recall_at(1).where(ranking.relevant > 0, 0.0).mean())
+    # abs: the ranking holds per-query hit rates in float32
+    assert nearest_neighbour_accuracy(points, labels) == pytest.approx(expected, abs=1e-7)
+    one_dimensional = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [4.0, 0.0], [2.0, 0.0]])
+    # x = 0, 1, 4 hit; x = 3 and x = 2 each have two nearest, one of each label: half a hit each
+    assert nearest_neighbour_accuracy(one_dimensional, torch.tensor([0, 0, 1, 1, 0])) == pytest.approx(4 / 5)
