@@ -21,7 +21,9 @@ def hinge_adversary_loss(normalized: torch.Tensor, margin: float = 2.0) -> torch
     """Sum over learner pairs j < k of ``(1 / 2B) Σ_b max(0, margin − ‖ê_j,b − ê_k,b‖)²``.
 
     ``normalized`` is (J, B, d), one stream's L2-normalised learner embeddings; an image's learners are
-    pushed apart (unit vectors are at most 2 apart, so the release's margin 2 is never inactive).
+    pushed apart (unit vectors are at most 2 apart, so the release's margin 2 is never inactive). This is the
+    release's adversary constraint: Caffe's ``ContrastiveLoss`` (``legacy_version: false``) on each pair of
+    an image's normalised learner embeddings, every pair labelled dissimilar.
     """
     batch = normalized.shape[1]
     total = normalized.new_zeros(())
@@ -56,8 +58,10 @@ def dann_schedule(progress: float) -> float:
 
 
 class AdversaryNetwork(nn.Module):
-    """The paper's adversary (reconstructed): a small bias-free MLP with unit-norm output, shared by all
-    learners, whose loss is the mean squared distance between the outputs of an image's learner pairs.
+    """A reconstruction of the adversary network the paper describes, which the release does not contain (it
+    trains with :func:`hinge_adversary_loss` and ships only a gradient-reversal layer): a small bias-free MLP
+    with unit-norm output, shared by all learners, whose loss is the mean squared distance between the
+    outputs of an image's learner pairs. The architecture and loss are our choice.
 
     The adversary minimises that loss (it tries to map an image's learners to the same point); the learners
     see it through a gradient-reversal layer and so maximise it, becoming distinguishable.
@@ -83,9 +87,10 @@ class AdversaryNetwork(nn.Module):
 class DeMLAdversary(nn.Module):
     """The adversary constraint of DeML, summed over streams and weighted by ``weight`` (per learner pair).
 
-    ``hinge`` (the release): :func:`hinge_adversary_loss` per stream, weight 0.2 per pair. ``grl`` (the
-    paper's adversary network, reconstructed): :class:`AdversaryNetwork` through gradient reversal of
-    strength ``strength`` (the caller follows :func:`dann_schedule`), weight per pair. ``none``: zero.
+    ``hinge`` (the release's constraint): :func:`hinge_adversary_loss` per stream, weight 0.2 per pair.
+    ``grl`` (a reconstruction, not in the release): :class:`AdversaryNetwork` through gradient reversal of
+    strength ``strength`` (the caller follows :func:`dann_schedule`, as the release's unused
+    ``GradientsReverse`` layer does), weight per pair. ``none``: zero.
     """
 
     def __init__(
@@ -113,13 +118,15 @@ class DeMLAdversary(nn.Module):
 
 
 def activation_penalty(weight: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-    """The release's activation penalty on an embedding layer: ``(1 / d) · (1 / 2B) Σ_b ‖W · sg(x_b)‖²``.
+    """The release's activation penalty on an embedding layer: ``(1 / B) Σ_b ‖W · sg(x_b)‖² / d``.
 
     ``weight`` (d, C) is the bias-free embedding layer, ``pooled`` (B, C) the pooled features it maps (learner
-    1's); the features are detached, so only ``W`` is penalised (a data-dependent weight decay).
+    1's). As in the release (``ActLoss`` in ``act_loss.cpp`` on an inner product with ``propagate_down: 0``)
+    the features are detached, so only ``W`` is penalised (a data-dependent weight decay); its gradient is
+    ``(2 / (B·d)) Σ_b (W x_b) x_bᵀ``.
     """
     responses = pooled.detach() @ weight.t()
-    return responses.square().sum() / (2 * len(pooled) * weight.shape[0])
+    return responses.square().sum() / (len(pooled) * weight.shape[0])
 
 
 def unit_row_norm_penalty(weight: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,21 @@ def lr_groups(*groups: tuple[list[nn.Parameter], float | None]) -> list[dict[str
     return [{"params": params} | ({"lr": lr} if lr is not None else {}) for params, lr in groups if params]
 
 
+def with_bias_groups(
+    groups: list[dict[str, Any]], biases: list[nn.Parameter], lr_mult: float
+) -> list[dict[str, Any]]:
+    """Each parameter group split in two: the parameters in ``biases`` move to a copy of the group with
+    ``lr_mult`` and no weight decay (Caffe's ``lr_mult``/``decay_mult: 0`` on a bias); empty groups left
+    out."""
+    bias_ids = {id(p) for p in biases}
+    split = []
+    for group in groups:
+        rest = {**group, "params": [p for p in group["params"] if id(p) not in bias_ids]}
+        bias = {**group, "params": [p for p in group["params"] if id(p) in bias_ids]}
+        split += [g for g in (rest, bias | {"lr_mult": lr_mult, "weight_decay": 0.0}) if g["params"]]
+    return split
+
+
 def rescaled(lr: float, old: float, new: float) -> float:
     """A learning rate moved from a schedule based on ``old`` to one based on ``new``: ``lr * new / old``
     (``new`` when ``old`` is 0)."""
@@ -170,12 +185,17 @@ class RetrievalModule(L.LightningModule):
             )
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Return the optimizer's parameter groups (one group of everything by default)."""
+        """Return the optimizer's parameter groups (one group of everything by default). A group may set any
+        optimizer option, and ``lr_mult``: a factor on its learning rate (its own ``lr``, else the
+        optimizer's)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
     def configure_optimizers(self) -> Any:
-        """Build the optimizer on :meth:`parameter_groups` and the optional scheduler."""
+        """Build the optimizer on :meth:`parameter_groups` (applying each group's ``lr_mult``) and the
+        optional scheduler."""
         optimizer = self.optimizer_factory(self.parameter_groups())
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * group.get("lr_mult", 1.0)
         self.configured_lrs = [group["lr"] for group in optimizer.param_groups]
         if self.scheduler_factory is None:
             return optimizer

@@ -1,5 +1,6 @@
 """``DeML``: hybrid-attention decoupled metric learning (Chen & Deng, CVPR 2019), faithful to the authors'
-Caffe release by default, with the paper's variants and every ablation one argument away."""
+Caffe release by default, with a reconstruction of the paper's adversary network and every ablation one
+argument away."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from lightning_dml.losses.deml import (
     dann_schedule,
     unit_row_norm_penalty,
 )
-from lightning_dml.methods.base import RetrievalModule, gathered_across_ranks, lr_groups
+from lightning_dml.methods.base import RetrievalModule, gathered_across_ranks, lr_groups, with_bias_groups
 from lightning_dml.models.deml import DeMLNetwork, DeMLOutput
 
 
@@ -26,12 +27,13 @@ class DeML(RetrievalModule):
 
     Loss: the metric loss (default binomial deviance, alpha 2, beta 0.5, negative cost 35) of every learner's
     normalised embedding, averaged over a stream's learners and summed over streams; plus the adversary
-    (``hinge``: the release; ``grl``: the paper's adversary network, reconstructed, reversal strength on the
-    DANN schedule of training progress; ``none``); plus, with ``auxiliary``, the release's activation penalty
+    (``hinge``: the release's constraint; ``grl``: our reconstruction of the adversary network the paper
+    describes, which the release does not contain, reversal strength on the DANN schedule of training
+    progress; ``none``); plus, with ``auxiliary``, the release's activation penalty
     (``activation_weight``) and unit-row-norm penalty (``row_norm_weight``) on each stream's embedding layer.
     The test embedding is the concatenation of the normalised learner embeddings, stream-then-learner order.
-    ``streams=1, learners=1`` with both attentions, the adversary and ``auxiliary`` off is the paper's U512
-    baseline on the same backbone.
+    ``streams=1, learners=1`` with both attentions, the adversary and ``auxiliary`` off is the U512 baseline
+    on the same backbone (the release's recipe: ``configs/deml/u512_cub.yaml``, negative cost 25).
 
     Args:
         backbone: a splittable backbone (see :func:`lightning_dml.models.deml.split_backbone`).
@@ -48,6 +50,8 @@ class DeML(RetrievalModule):
         row_norm_weight: weight of the unit-row-norm penalty (release: 0.5, divided by d_l inside).
         backbone_lr: learning rate of the pretrained layers (trunks and upper layers; ``None``: the
             optimizer's); the new layers (attentions, embeddings, adversary) use the optimizer's.
+        bias_lr_mult: every bias (convolution biases, BatchNorm shifts) trains at this multiple of its layer's
+            learning rate and without weight decay (release: ``lr_mult: 2, decay_mult: 0`` on every bias).
         gather_across_ranks: under DDP, compute the metric loss on every rank's embeddings, as
             :class:`~lightning_dml.methods.MetricLearning` does; the other terms are per image and need no
             gathering (DDP's gradient average makes them the mean over all ranks' images).
@@ -74,6 +78,7 @@ class DeML(RetrievalModule):
         activation_weight: float = 0.014,
         row_norm_weight: float = 0.5,
         backbone_lr: float | None = None,
+        bias_lr_mult: float = 2.0,
         gather_across_ranks: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -99,6 +104,7 @@ class DeML(RetrievalModule):
         self.activation_weight = activation_weight
         self.row_norm_weight = row_norm_weight
         self.backbone_lr = backbone_lr
+        self.bias_lr_mult = bias_lr_mult
         self.gather_across_ranks = gather_across_ranks
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -145,7 +151,8 @@ class DeML(RetrievalModule):
         return sum(terms.values())
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Pretrained layers (trunks, upper layers) at ``backbone_lr``; new layers at the optimizer's rate."""
+        """Pretrained layers (trunks, upper layers) at ``backbone_lr``, new layers at the optimizer's rate;
+        each group's biases in a group of their own at ``bias_lr_mult`` × that rate, without weight decay."""
         pretrained = [
             p
             for stream in self.network.streams
@@ -154,4 +161,7 @@ class DeML(RetrievalModule):
         ]
         pretrained_ids = {id(p) for p in pretrained}
         new = [p for p in self.parameters() if id(p) not in pretrained_ids]
-        return lr_groups((pretrained, self.backbone_lr), (new, None))
+        biases = [p for name, p in self.named_parameters() if name.endswith(".bias")]
+        return with_bias_groups(
+            lr_groups((pretrained, self.backbone_lr), (new, None)), biases, self.bias_lr_mult
+        )

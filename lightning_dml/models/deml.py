@@ -29,21 +29,34 @@ __all__ = [
     "GoogLeNetInput",
     "SplitSmallCNN",
     "attention_crop_boxes",
+    "caffe_xavier_",
     "crop_and_resize",
     "random_walk_attention",
     "split_backbone",
 ]
 
 
+def caffe_xavier_(layer: nn.Conv2d | nn.Linear) -> None:
+    """Initialise a layer as the release's new layers are: Caffe's ``xavier`` weight filler with its default
+    ``variance_norm: FAN_IN`` (uniform on ±sqrt(3 / fan_in), fan_in = in_channels × kernel area, so the
+    variance is 1 / fan_in) and a ``constant`` 0 bias filler."""
+    nn.init.kaiming_uniform_(layer.weight, nonlinearity="linear")  # gain 1: bound sqrt(3 / fan_in)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
 class ChannelAttention(nn.Module):
     """A learner's channel attention: ``x · sigmoid(conv1×1(ReLU(conv1×1(x))))``, bottleneck C → hidden → C.
 
-    Applied at every position, so the mask is C×H×W (not a pooled squeeze-and-excitation vector).
+    Applied at every position, so the mask is C×H×W (not a pooled squeeze-and-excitation vector). Both
+    convolutions start as the release's ``CAM`` layers: :func:`caffe_xavier_` weights, zero biases.
     """
 
     def __init__(self, channels: int, hidden: int = 64) -> None:
         super().__init__()
         self.layers = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, channels, 1))
+        for layer in (self.layers[0], self.layers[2]):
+            caffe_xavier_(layer)
 
     def mask(self, features: torch.Tensor) -> torch.Tensor:
         """The attention mask (B, C, H, W), values in (0, 1), of a map (B, C, H, W)."""
@@ -59,7 +72,7 @@ class DeMLStream(nn.Module):
 
     With ``channel_attention`` the J learners share one bias-free embedding layer (the release); without it
     the upper layers run once and each learner has its own embedding layer (shared ones would make the
-    learners identical).
+    learners identical). Embedding layers start with :func:`caffe_xavier_` weights, as the release's.
     """
 
     def __init__(
@@ -75,6 +88,8 @@ class DeMLStream(nn.Module):
             nn.Linear(split.out_channels, embedding_size, bias=False)
             for _ in range(1 if channel_attention else learners)
         )
+        for layer in self.embeddings:
+            caffe_xavier_(layer)
         self.learners = learners
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

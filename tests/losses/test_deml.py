@@ -86,14 +86,41 @@ def test_adversary_variants() -> None:
         DeMLAdversary("gan")
 
 
-def test_auxiliary_penalties_by_hand() -> None:
-    weight = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)  # d = 2 rows of norm 1 and 2
+def test_unit_row_norm_penalty_by_hand() -> None:
+    weight = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # d = 2 rows of norm 1 and 2
     assert unit_row_norm_penalty(weight).item() == pytest.approx((0 + (4 - 1) ** 2) / 2)
-    pooled = torch.tensor([[1.0, 1.0], [2.0, 0.0]], requires_grad=True)  # W x = (1, 2) and (2, 0)
+
+
+def test_activation_penalty_by_hand() -> None:
+    # The release's ActLoss on W·x: (1/B) Σ_b ‖W x_b‖² / d, gradient 2 (W x_b) / (B·d) per response.
+    weight = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)  # d = 2
+    pooled = torch.tensor([[1.0, 1.0], [2.0, 0.0]], requires_grad=True)  # B = 2: W x = (1, 2) and (2, 0)
     penalty = activation_penalty(weight, pooled)
-    assert penalty.item() == pytest.approx((1 + 4 + 4 + 0) / (2 * 2 * 2))
+    assert penalty.item() == pytest.approx((1 + 4 + 4 + 0) / (2 * 2))  # 2.25
     penalty.backward()
-    assert pooled.grad is None and weight.grad is not None  # the features are detached
+    # dL/dW = 2/(B·d) Σ_b (W x_b) x_bᵀ = ½ ([[1, 1], [2, 2]] + [[4, 0], [0, 0]])
+    torch.testing.assert_close(weight.grad, torch.tensor([[2.5, 0.5], [1.0, 1.0]]))
+    assert pooled.grad is None  # the features are detached (the release's propagate_down: 0)
+
+
+def test_activation_penalty_matches_the_release_loop_in_float64() -> None:
+    generator = torch.Generator().manual_seed(7)
+    weight = torch.randn(7, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    pooled = torch.randn(4, 5, generator=generator, dtype=torch.float64)
+    w, x = weight.tolist(), pooled.tolist()
+    d, channels, batch = len(w), len(x[0]), len(x)
+    # act_loss.cpp Forward_cpu, one bottom: loss = Σ_n dot(y_n, y_n) / channels, divided by num.
+    responses = [[sum(w[r][c] * x[b][c] for c in range(channels)) for r in range(d)] for b in range(batch)]
+    expected = sum(sum(y * y for y in response) / d for response in responses) / batch
+    # Backward_cpu: diff(y_n) = 2 y_n / (num · channels); the inner product passes it to W as Σ_n diff ⊗ x_n.
+    gradient = [
+        [sum(2 * responses[b][r] / (batch * d) * x[b][c] for b in range(batch)) for c in range(channels)]
+        for r in range(d)
+    ]
+    penalty = activation_penalty(weight, pooled)
+    assert penalty.item() == pytest.approx(expected, rel=1e-12)
+    penalty.backward()
+    torch.testing.assert_close(weight.grad, torch.tensor(gradient, dtype=torch.float64), rtol=1e-12, atol=0)
 
 
 def test_binomial_deviance_averages_positive_and_negative_pairs_apart() -> None:

@@ -59,16 +59,36 @@ def test_training_loss_sums_the_terms_as_specified() -> None:
 
 def test_grl_variant_trains_its_adversary_with_the_new_layers() -> None:
     model = small_deml(adversary="grl", backbone_lr=1e-5)
-    pretrained, new = model.parameter_groups()
-    assert pretrained["lr"] == 1e-5 and "lr" not in new
-    new_ids = {id(p) for p in new["params"]}
-    assert all(id(p) in new_ids for p in model.adversary.parameters())
-    assert all(id(p) in new_ids for s in model.network.streams for p in s.attentions.parameters())
-    assert all(id(p) not in new_ids for s in model.network.streams for p in s.trunk.parameters())
-    assert len(new_ids) + len(pretrained["params"]) == len(list(model.parameters()))
+    groups = model.parameter_groups()
+    pretrained = {id(p) for g in groups if g.get("lr") == 1e-5 for p in g["params"]}
+    new = {id(p) for g in groups if "lr" not in g for p in g["params"]}
+    assert all(id(p) in new for p in model.adversary.parameters())
+    assert all(id(p) in new for s in model.network.streams for p in s.attentions.parameters())
+    assert all(id(p) in pretrained for s in model.network.streams for p in s.trunk.parameters())
+    assert len(new) + len(pretrained) == len(list(model.parameters()))
     loss = model.training_loss(batch())
     loss.backward()
     assert all(p.grad is not None for p in model.adversary.parameters())
+
+
+def test_biases_train_at_twice_their_layers_rate_without_weight_decay() -> None:
+    # The release: every bias has lr_mult 2, decay_mult 0 (its weights 1 and 1; new layers 10× the base).
+    model = small_deml(
+        backbone_lr=1e-5, optimizer=lambda params: torch.optim.Adam(params, lr=1e-4, weight_decay=2e-4)
+    )
+    optimizer = model.configure_optimizers()
+    names = {id(p): name for name, p in model.named_parameters()}
+    seen = []
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            name = names[id(parameter)]
+            rate = 1e-5 if ".trunk." in name or ".upper." in name else 1e-4
+            expected = (2 * rate, 0.0) if name.endswith(".bias") else (rate, 2e-4)
+            assert (group["lr"], group["weight_decay"]) == pytest.approx(expected), name
+            seen.append(name)
+    assert sorted(seen) == sorted(names.values())
+    assert any(".attentions." in n and n.endswith(".bias") for n in seen)  # the CAM biases: 2 × 1e-4
+    assert any(".trunk." in n and n.endswith(".bias") for n in seen)  # BatchNorm shifts: 2 × 1e-5
 
 
 def test_u512_switches_leave_a_single_plain_learner() -> None:
@@ -110,22 +130,52 @@ def test_deml_fit_on_digits_through_the_cli(deml_digits_args: list[str], tmp_pat
     assert "attention_maps" in events.Tags()["images"]  # the config's AttentionMaps callback
 
 
-def test_cub_config_is_the_release_recipe(tmp_path: Path) -> None:
+def offline_cub_cli(tmp_path: Path, *overlays: str) -> DMLCLI:
+    """configs/deml/cub.yaml with ``overlays``, built without running, on the CPU and without downloads."""
     offline = tmp_path / "offline.yaml"
     offline.write_text(
         "model:\n  init_args:\n    backbone:\n      init_args:\n        weights: null\n"
         "trainer:\n  accelerator: cpu\n  devices: 1\n  strategy: auto\n"
     )
-    args = ["--config", str(REPO / "configs/deml/cub.yaml"), "--config", str(offline)]
-    cli = DMLCLI(args=[*args, "--trainer.logger.init_args.save_dir", str(tmp_path)], run=False)
+    configs = [str(REPO / "configs/deml/cub.yaml"), *(str(REPO / o) for o in overlays), str(offline)]
+    args = [arg for config in configs for arg in ("--config", config)]
+    return DMLCLI(args=[*args, "--trainer.logger.init_args.save_dir", str(tmp_path)], run=False)
+
+
+def test_cub_config_is_the_release_recipe(tmp_path: Path) -> None:
+    cli = offline_cub_cli(tmp_path)
     model, data = cli.model, cli.datamodule
     assert (len(model.network.streams), model.network.learners, model.network.embedding_size) == (3, 3, 56)
     assert model.adversary.kind == "hinge" and model.auxiliary and model.loss.negative_cost == 35.0
     trunk = model.network.streams[0].trunk
     assert model.network.streams[0].attentions[0].layers[0].in_channels == 512 and len(trunk) == 11
     optimizer = model.configure_optimizers()
-    pretrained, new = optimizer["optimizer"].param_groups
-    assert (pretrained["lr"], new["lr"], new["weight_decay"]) == (1e-5, 1e-4, 2e-4)
+    # pretrained weights, their biases, new weights, new biases
+    groups = optimizer["optimizer"].param_groups
+    assert [(g["lr"], g["weight_decay"]) for g in groups] == pytest.approx(
+        [(1e-5, 2e-4), (2e-5, 0.0), (1e-4, 2e-4), (2e-4, 0.0)]
+    )
     assert optimizer["lr_scheduler"]["scheduler"].milestones == {15000: 1}
     assert (data.classes_per_batch, data.samples_per_class, data.image_size) == (13, 2, 227)
     assert data.train_transform(torch.zeros(3, 300, 400, dtype=torch.uint8)).shape == (3, 227, 227)
+    assert data.validation == ["unseen"]  # model selection on held-out training classes, not the test set
+
+
+def test_u512_cub_overlay_is_the_release_u512_recipe(tmp_path: Path) -> None:
+    # examples/CUB/U512: batch_size 130 (65 classes × 2), max_iter 5000 on one GPU, num_output 512, cost_n 25.
+    cli = offline_cub_cli(tmp_path, "configs/deml/u512_cub.yaml")
+    model, data, trainer = cli.model, cli.datamodule, cli.trainer
+    network = model.network
+    assert (len(network.streams), network.learners, network.embedding_size) == (1, 1, 512)
+    assert not network.object_attention and not network.streams[0].attentions
+    assert model.adversary.kind == "none" and not model.auxiliary
+    assert (model.loss.alpha, model.loss.beta, model.loss.negative_cost) == (2.0, 0.5, 25.0)
+    assert (data.classes_per_batch, data.samples_per_class) == (65, 2)
+    assert trainer.max_steps == 5000 and trainer.num_devices == 1
+    optimizer = model.configure_optimizers()
+    groups = optimizer["optimizer"].param_groups  # base_lr 1e-5; embedding lr_mult 10; biases 2, no decay
+    assert [(g["lr"], g["weight_decay"]) for g in groups] == pytest.approx(
+        [(1e-5, 2e-4), (2e-5, 0.0), (1e-4, 2e-4)]
+    )
+    with torch.no_grad():
+        assert model.eval().embed(torch.zeros(2, 3, 227, 227)).shape == (2, 512)

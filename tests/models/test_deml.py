@@ -1,5 +1,7 @@
 """DeML network: random-walk attention, the crop-box rule, the crop, channel attention, backbone splits."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,10 @@ from scipy.spatial.distance import cdist
 from lightning_dml.errors import ConfigError
 from lightning_dml.models import SmallCNN, TimmBackbone, TorchvisionBackbone
 from lightning_dml.models.deml import (
+    BackboneSplit,
     ChannelAttention,
     DeMLNetwork,
+    DeMLStream,
     SplitSmallCNN,
     attention_crop_boxes,
     crop_and_resize,
@@ -114,6 +118,23 @@ def test_channel_attention_masks_every_channel_at_every_position() -> None:
     assert ((mask > 0) & (mask < 1)).all()
     assert mask.std(dim=(2, 3)).min() > 0  # varies over positions: not a pooled squeeze-and-excitation vector
     torch.testing.assert_close(attention(features), features * mask)
+
+
+def test_new_layers_start_as_the_release_caffe_xavier_weights_and_zero_biases() -> None:
+    # Caffe's XavierFiller (variance_norm FAN_IN): uniform on ±sqrt(3 / n), n = fan_in, so variance 1 / n.
+    torch.manual_seed(0)
+    split = BackboneSplit(torch.nn.Identity(), torch.nn.Identity(), trunk_channels=512, out_channels=1024)
+    stream = DeMLStream(split, learners=2, embedding_size=512, channel_attention=True, hidden=64)
+    layers = [(stream.embeddings[0].weight, 1024)]  # 512 × 1024 weights
+    for attention in stream.attentions:
+        layers += [(attention.layers[0].weight, 512), (attention.layers[2].weight, 64)]  # CAMxa, CAMxb
+        assert not attention.layers[0].bias.any() and not attention.layers[2].bias.any()  # constant 0
+    for weight, fan_in in layers:
+        bound = math.sqrt(3 / fan_in)
+        assert bound * 0.99 < weight.abs().max() <= bound
+        assert weight.double().var().item() == pytest.approx(1 / fan_in, rel=0.03)
+    assert stream.embeddings[0].weight.double().var().item() == pytest.approx(1 / 1024, rel=0.01)
+    assert stream.embeddings[0].bias is None
 
 
 @pytest.mark.parametrize(
