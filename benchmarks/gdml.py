@@ -50,9 +50,9 @@ MAP@R 87.93; best baseline (Multi-Similarity) 90.33 / 77.27.
 Metrics: `1nn_macro_recall` and `1nn_macro_f1` (the 1-NN classifier's macro recall and F1: the paper's
 Recall@1 and F-score), `recall@1` (the DML hit rate; ties count as their expected value over random
 orders, so with equally many queries per class it equals the 1-NN recall), `f1` (k-means pairwise
-F1), `nmi` (k-means on the 2-D outputs as they are; in the closed set on queries and references together),
-`r_precision`, `map@r` (R = reference images of the query's class). `seconds`: wall time of one run
-(G-DML: teacher + student), on cores shared with other jobs, so only a rough guide."""
+F1), `nmi` (k-means on the 2-D outputs as they are; in the closed set on the test queries only, as the
+authors' evaluation does), `r_precision`, `map@r` (R = reference images of the query's class). `seconds`:
+wall time of one run (G-DML: teacher + student), on cores shared with other jobs, so only a rough guide."""
 BASELINES = ["contrastive", "triplet", "margin", "multi_similarity"]
 PROTOCOLS = {"closed set": "closed_set_train_reference", "zero-shot": "zero_shot"}
 
