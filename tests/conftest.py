@@ -25,9 +25,35 @@ def quick_cli_args(runs: Path, config: str = "configs/quickstart.yaml") -> list[
 
 
 def summary_rows(text: str) -> dict[str, list[str]]:
-    """The rows of a printed summary panel: first cell -> the other cells."""
-    cells = [line.strip("│ ").split() for line in text.splitlines()]
-    return {cell[0]: cell[1:] for cell in cells if cell}
+    """The rows of the first table of a printed summary panel (up to its first blank line): first cell ->
+    the other cells."""
+    rows = {}
+    for line in text.splitlines():
+        cells = line.strip("│ ").split()
+        if not cells and rows:
+            break
+        if cells:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def reference_rows(text: str) -> dict[str, list[str]]:
+    """The rows of the reference table of a printed summary panel (after its "before training" line)."""
+    return summary_rows(text.split("before training")[1].split("\n", 1)[1])
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, dict[int, float]]:
+    """Every scalar logged to the TensorBoard event files under ``folder``: tag -> {step: value}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, dict[int, float]] = {}
+    for events in sorted(folder.rglob("events.out.tfevents*")):
+        accumulator = EventAccumulator(str(events)).Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, {}).update(
+                (event.step, event.value) for event in accumulator.Scalars(tag)
+            )
+    return scalars
 
 
 def table_rows(text: str, first: str) -> int:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.seed import isolate_rng
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from lightning_dml.errors import LightningDMLError
+from lightning_dml.errors import ConfigError, LightningDMLError
 from lightning_dml.metrics import (
     Ranking,
     classification_from_ranking,
@@ -20,12 +23,16 @@ from lightning_dml.metrics import (
     rank,
 )
 from lightning_dml.models.readouts import LayerReadouts, Readout
+from lightning_dml.retrieval.index import eval_mode
 from lightning_dml.seeds import run_seed
 
 Stage = Literal["validate", "test"]
+Reference = Literal["untrained", "pixels"]
 
 #: Prefix of the readout features in the collected outputs (``readout/grid7``).
 READOUT_KEY = "readout/"
+#: The most values per image (channels × height × width) for the ``pixels`` reference.
+PIXEL_LIMIT = 4096
 
 
 def unique_by_index(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -54,11 +61,24 @@ class RetrievalEvaluation(L.Callback):
     (``val_unseen/grid7/map@r``); each evaluation batch then runs through the network a second time,
     traced up to those layers.
 
+    With ``references``, ``fit`` first computes the same metrics for every validation set without training,
+    in one extra validation pass before the first training step (the random state is restored afterwards, so
+    training is unchanged): ``untrained``, the network with its initial weights, and ``pixels``, each image
+    as the evaluation transform gives it, flattened, minus the set's mean image, L2-normalised (only for
+    images of at most ``PIXEL_LIMIT`` values: larger ones are refused before training starts). They are
+    logged once, at step 0, as ``{set}/untrained/{metric}`` and ``{set}/pixels/{metric}``, kept in
+    :attr:`reference_metrics` for the run summary and saved in the checkpoints: a resumed fit keeps the
+    checkpoint's and computes none.
+
     Args:
         recall_at: the K of Recall@K.
         metric: similarity of the k-NN search.
         clustering: also compute NMI and F1 (k-means with one cluster per class, on L2-normalised embeddings
             when ``metric`` is cosine, on the raw ones when it is euclidean).
+        cluster: the items k-means clusters: ``queries`` (the query items of a query-vs-gallery set, as the
+            G-DML authors' evaluation, pytorch-metric-learning's ``AccuracyCalculator`` with separate query
+            and reference sets, does) or ``all`` (queries and gallery together). A leave-one-out set clusters
+            all of its items either way: each is a query.
         classification: also compute ``1nn_macro_recall`` and ``1nn_macro_f1`` (the 1-NN classifier's macro
             recall and F1: the G-DML paper's Recall@1 and F-score).
         backend: k-NN implementation (``faiss`` needs the ``faiss`` extra).
@@ -66,6 +86,8 @@ class RetrievalEvaluation(L.Callback):
         seed: k-means seed; ``None``: the run seed (``seed_everything``).
         readouts: named readouts to evaluate beside the embedding, e.g.
             ``{"grid7": Readout("backbone.blocks.2", pooling="grid", size=7)}``.
+        references: what ``fit`` evaluates before training, beside the trained network: ``untrained``,
+            ``pixels`` or both.
     """
 
     def __init__(
@@ -73,20 +95,24 @@ class RetrievalEvaluation(L.Callback):
         recall_at: Sequence[int] = (1, 2, 4, 8),
         metric: Literal["cosine", "euclidean"] = "cosine",
         clustering: bool = True,
+        cluster: Literal["queries", "all"] = "queries",
         classification: bool = False,
         backend: Literal["torch", "faiss"] = "torch",
         chunk_size: int | None = None,
         seed: int | None = None,
         readouts: Mapping[str, Readout] | None = None,
+        references: Sequence[Reference] = (),
     ) -> None:
         self.recall_at = list(recall_at)
         self.metric = metric
         self.clustering = clustering
+        self.cluster = cluster
         self.classification = classification
         self.backend = backend
         self.chunk_size = chunk_size
         self.seed = seed
         self.readouts = dict(readouts or {})
+        self.references = list(dict.fromkeys(references))
         self._layer_readouts: LayerReadouts | None = None
         self._outputs: dict[int, list[dict[str, torch.Tensor]]] = defaultdict(list)
         #: On rank 0, the de-duplicated outputs of each set of the latest evaluation, for later callbacks.
@@ -98,6 +124,8 @@ class RetrievalEvaluation(L.Callback):
         self.last_readouts: dict[str, dict[str, torch.Tensor]] = {}
         #: Best items kept per query in ``last_rankings`` (raised by ``RetrievalPictures``).
         self.top_k = 0
+        #: The reference rows of this run, ``{"{set}/{reference}/{metric}": value}``, on every rank.
+        self.reference_metrics: dict[str, float] = {}
 
     def rank(self, outputs: dict[str, torch.Tensor], top_k: int = 0) -> Ranking:
         """The exact ``Ranking`` of one evaluation set's de-duplicated outputs: every query against the
@@ -128,16 +156,17 @@ class RetrievalEvaluation(L.Callback):
         """Return the metrics of one evaluation set's de-duplicated outputs (from ``ranking`` when given)."""
         ranking = self.rank(outputs) if ranking is None else ranking
         metrics = metrics_from_ranking(ranking, self.recall_at)
+        queries = outputs["is_query"].bool() if "is_query" in outputs else slice(None)
         if self.classification:
-            query_labels = outputs["labels"][outputs["is_query"].bool()] if "is_query" in outputs else None
-            metrics |= classification_from_ranking(
-                ranking, outputs["labels"] if query_labels is None else query_labels
-            )
+            metrics |= classification_from_ranking(ranking, outputs["labels"][queries])
         if self.clustering:
             seed = run_seed() if self.seed is None else self.seed
-            embeddings = outputs["embeddings"].float()
+            clustered = queries if self.cluster == "queries" else slice(None)
             metrics |= clustering_metrics(
-                embeddings, outputs["labels"], seed=seed, normalize=self.metric == "cosine"
+                outputs["embeddings"][clustered].float(),
+                outputs["labels"][clustered],
+                seed=seed,
+                normalize=self.metric == "cosine",
             )
         return metrics
 
@@ -184,21 +213,10 @@ class RetrievalEvaluation(L.Callback):
         self._evaluate(trainer, pl_module, "test")
 
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: Stage) -> None:
-        loaders = trainer.val_dataloaders if stage == "validate" else trainer.test_dataloaders
-        loaders = loaders if isinstance(loaders, Sequence) else [loaders]
-        limited = trainer.num_val_batches if stage == "validate" else trainer.num_test_batches
+        loaders, names, limited = evaluation_loaders(trainer, stage)
         self.last_outputs, self.last_rankings, self.last_readouts = {}, {}, {}
-        for idx, (name, loader) in enumerate(
-            zip(set_names(trainer, stage, len(loaders)), loaders, strict=True)
-        ):
-            outputs = unique_by_index(gather(self._outputs.pop(idx)))
-            if len(outputs["indices"]) != len(loader.dataset):
-                message = (
-                    f"{name}: evaluated {len(outputs['indices'])} distinct images of {len(loader.dataset)}"
-                )
-                if limited[idx] >= len(loader):
-                    raise LightningDMLError(f"{message}: the evaluation loader or its sampler lost images")
-                rank_zero_warn(f"{message} (limit_{'val' if stage == 'validate' else 'test'}_batches is set)")
+        for idx, (name, loader) in enumerate(zip(names, loaders, strict=True)):
+            outputs = gathered_set(name, self._outputs.pop(idx), loader, limited[idx], stage)
             metrics = None
             if trainer.is_global_zero:
                 readouts = {
@@ -217,6 +235,122 @@ class RetrievalEvaluation(L.Callback):
                 pl_module.log(f"{name}/{key}", value, add_dataloader_idx=False, sync_dist=False)
         self._outputs.clear()
         self._layer_readouts = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Compute and log the reference rows of every validation set before the first training step (not
+        when the fit resumes from a checkpoint: its network is no longer untrained)."""
+        if not self.references:
+            return
+        if trainer.ckpt_path is not None:
+            kept = "kept from the checkpoint" if self.reference_metrics else "not in the checkpoint"
+            rank_zero_info(
+                f"evaluation.references: this fit resumes from {trainer.ckpt_path}, whose network is "
+                f"trained; the reference rows are {kept}, none recomputed"
+            )
+            return
+        trainer.fit_loop.epoch_loop.val_loop.setup_data()  # done by the sanity check unless it is off
+        if trainer.val_dataloaders is None:
+            rank_zero_info("evaluation.references: no validation set, so no reference rows")
+            return
+        rank_zero_info(f"evaluation.references: evaluating {', '.join(self.references)} before training")
+        with isolate_rng(), torch.no_grad(), eval_mode(trainer.model):
+            self.reference_metrics = self._reference_pass(trainer)
+        for logger in trainer.loggers if self.reference_metrics else []:
+            logger.log_metrics(self.reference_metrics, step=trainer.global_step)
+
+    def _reference_pass(self, trainer: L.Trainer) -> dict[str, float]:
+        """The reference rows ``{"{set}/{reference}/{metric}": value}`` of every validation set, from one
+        validation pass of the network as it is (gathered, computed on rank 0 and broadcast)."""
+        loaders, names, limited = evaluation_loaders(trainer, "validate")
+        pixels = "pixels" in self.references
+        for name, loader in zip(names, loaders, strict=True) if pixels else []:
+            check_pixel_size(name, loader)
+        rows = {}
+        for idx, (name, loader) in enumerate(zip(names, loaders, strict=True)):
+            batches = reference_batches(trainer, loader, idx, limited[idx], pixels)
+            outputs = gathered_set(name, batches, loader, limited[idx], "validate")
+            metrics = self._reference_rows(outputs) if trainer.is_global_zero else None
+            metrics = trainer.strategy.broadcast(metrics, src=0)
+            rows |= {f"{name}/{key}": value for key, value in metrics.items()}
+        return rows
+
+    def _reference_rows(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The metrics ``{"{reference}/{metric}": value}`` of one set's reference pass."""
+        features = {"untrained": outputs["embeddings"]}
+        if "pixels" in outputs:
+            features["pixels"] = pixel_features(outputs.pop("pixels"))
+        return {
+            f"{reference}/{key}": value
+            for reference in self.references
+            for key, value in self.compute(outputs | {"embeddings": features[reference]}).items()
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The reference rows, so that a resumed fit (and its summary) keeps them."""
+        return {"reference_metrics": dict(self.reference_metrics)} if self.reference_metrics else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the reference rows of the checkpoint's run."""
+        self.reference_metrics = dict(state_dict.get("reference_metrics", {}))
+
+
+def pixel_features(images: torch.Tensor) -> torch.Tensor:
+    """The ``pixels`` reference's vectors of one set: each image flattened, minus the mean over the set's
+    images, L2-normalised (so that cosine and Euclidean similarity rank alike)."""
+    flat = images.flatten(1).float()
+    return F.normalize(flat - flat.mean(dim=0), dim=1)
+
+
+def reference_batches(
+    trainer: L.Trainer, loader: Any, dataloader_idx: int, limit: int | float, pixels: bool
+) -> list[dict[str, torch.Tensor]]:
+    """This rank's validation outputs of one set as the network gives them now: the strategy's validation
+    step on batches moved to the device, as in the validation loop (call it in eval mode without gradients);
+    with ``pixels``, also each image flattened, under ``pixels``."""
+    kept = []
+    for batch_idx, batch in enumerate(loader):
+        if batch_idx >= limit:
+            break
+        batch = trainer.precision_plugin.convert_input(batch)
+        batch = trainer.strategy.batch_to_device(batch, dataloader_idx=dataloader_idx)
+        outputs = trainer.strategy.validation_step(batch, batch_idx, dataloader_idx)
+        kept.append({key: value.detach() for key, value in outputs.items()})
+        if pixels:
+            kept[-1]["pixels"] = batch["image"].flatten(1)
+    return kept
+
+
+def check_pixel_size(name: str, loader: Any) -> None:
+    """Refuse the ``pixels`` reference for a set whose images hold more than ``PIXEL_LIMIT`` values."""
+    shape = tuple(loader.dataset[0]["image"].shape)
+    if math.prod(shape) > PIXEL_LIMIT:
+        raise ConfigError(
+            f"evaluation.references: pixels compares raw images and is meant for small ones (at most "
+            f"{PIXEL_LIMIT} values), but {name}'s images have {math.prod(shape)} "
+            f"({'×'.join(map(str, shape))}); remove pixels from evaluation.references"
+        )
+
+
+def evaluation_loaders(trainer: L.Trainer, stage: Stage) -> tuple[list[Any], list[str], list[int | float]]:
+    """The loaders of a stage's evaluation sets, their names and how many batches of each are evaluated."""
+    loaders = trainer.val_dataloaders if stage == "validate" else trainer.test_dataloaders
+    loaders = loaders if isinstance(loaders, Sequence) else [loaders]
+    limited = trainer.num_val_batches if stage == "validate" else trainer.num_test_batches
+    return loaders, set_names(trainer, stage, len(loaders)), limited
+
+
+def gathered_set(
+    name: str, batches: list[dict[str, torch.Tensor]], loader: Any, limit: int | float, stage: Stage
+) -> dict[str, torch.Tensor]:
+    """One evaluation set's outputs from every rank, de-duplicated by index; refuses a set that lost images
+    (warns when ``limit_{val,test}_batches`` evaluates only part of it)."""
+    outputs = unique_by_index(gather(batches))
+    if len(outputs["indices"]) != len(loader.dataset):
+        message = f"{name}: evaluated {len(outputs['indices'])} distinct images of {len(loader.dataset)}"
+        if limit >= len(loader):
+            raise LightningDMLError(f"{message}: the evaluation loader or its sampler lost images")
+        rank_zero_warn(f"{message} (limit_{'val' if stage == 'validate' else 'test'}_batches is set)")
+    return outputs
 
 
 def gather(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -12,6 +12,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from lightning_dml.callbacks.retrieval_evaluation import RetrievalEvaluation
+
+#: The reference rows in the order the summary shows them, before the trained network.
+REFERENCES = ("pixels", "untrained")
+
 
 def metrics_table(metrics: dict[str, float]) -> Table:
     """A table of ``{"{set}/{metric}": value}``: one row per metric, one column per set, in first-seen order.
@@ -27,6 +32,29 @@ def metrics_table(metrics: dict[str, float]) -> Table:
         table.add_column(name, justify="right")
     for metric in rows:
         cells = [metrics.get(f"{name}/{metric}") for name in sets]
+        table.add_row(metric, *("" if value is None else f"{value:.4f}" for value in cells))
+    return table
+
+
+def references_table(trained: dict[str, float], references: dict[str, float]) -> Table | None:
+    """What training bought: one row per metric and, for each set of ``trained`` (``{"{set}/{metric}"}``)
+    that has reference rows (``{"{set}/{reference}/{metric}"}``), a column per reference (``pixels``, then
+    ``untrained``) and one of the trained values; ``None`` when no such set exists."""
+    validated = {key.partition("/")[0] for key in trained}
+    parts = [key.split("/", 2) for key in references if key.partition("/")[0] in validated]
+    if not parts:
+        return None
+    columns = []  # (set, heading, key prefix)
+    for name in dict.fromkeys(name for name, _, _ in parts):
+        kinds = [kind for kind in REFERENCES if [name, kind] in (part[:2] for part in parts)]
+        columns += [(name, kind, f"{name}/{kind}/") for kind in kinds] + [(name, "trained", f"{name}/")]
+    table = Table(box=None, header_style="bold")
+    table.add_column("metric")
+    for i, (name, heading, _) in enumerate(columns):
+        table.add_column(f"{'' if i and columns[i - 1][0] == name else name}\n{heading}", justify="right")
+    values = trained | references
+    for metric in dict.fromkeys(metric for _, _, metric in parts):
+        cells = [values.get(prefix + metric) for _, _, prefix in columns]
         table.add_row(metric, *("" if value is None else f"{value:.4f}" for value in cells))
     return table
 
@@ -54,7 +82,10 @@ class RunSummary(L.Callback):
     ``fit``: the evaluation metrics of the best validation (by the checkpoint callback's ``monitor`` and
     ``mode``; the latest validation when nothing is monitored), the best and last checkpoint paths and the
     log directory; with ``test_follows`` it is left to the test summary, which shows the set that chose the
-    checkpoint beside the test sets. ``validate``: that validation's metrics and the weights validated.
+    checkpoint beside the test sets. Both show, for each validation set with reference rows (the
+    ``RetrievalEvaluation``'s ``references``), a second table: the raw-pixel and untrained-network values
+    before training beside the trained network's (the best validation's). ``validate``: that validation's
+    metrics and the weights validated.
 
     Args:
         test_follows: a test runs right after ``fit`` (the CLI's ``test_after_fit``).
@@ -119,8 +150,13 @@ class RunSummary(L.Callback):
             metrics |= evaluation_metrics(trainer.callback_metrics, include="test/")
             lines.append(f"tested weights: {trainer.ckpt_path or 'the weights in memory'}")
         lines.append(f"log directory: {log_directory(trainer) or 'none (no logger)'}")
+        parts = [metrics_table(metrics)]
+        references = references_table(self.best, reference_metrics(trainer)) if stage != "validate" else None
+        if references is not None:
+            heading = "reference rows, before training (raw pixels, the untrained network), and trained:"
+            parts += [Text(f"\n{heading}"), references, Text("")]
         title = f"lightning-dml: {stage} summary"
-        return Panel(Group(metrics_table(metrics), Text("\n".join(lines))), title=title, expand=False)
+        return Panel(Group(*parts, Text("\n".join(lines))), title=title, expand=False)
 
     def validation_metrics(self, stage: str) -> dict[str, float]:
         """The best validation's metrics to show: all sets after ``fit``; beside a test, only the set that
@@ -129,6 +165,12 @@ class RunSummary(L.Callback):
             return dict(self.best)
         chooser = self.best_by.partition("/")[0] + "/"
         return {key: value for key, value in self.best.items() if key.startswith(chooser)}
+
+
+def reference_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """The reference rows of the trainer's ``RetrievalEvaluation`` (none without one)."""
+    evaluations = (c for c in trainer.callbacks if isinstance(c, RetrievalEvaluation))
+    return next((evaluation.reference_metrics for evaluation in evaluations), {})
 
 
 def checkpoint_lines(trainer: L.Trainer) -> list[str]:

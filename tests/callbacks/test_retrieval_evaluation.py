@@ -43,12 +43,13 @@ class QueryGallery(RetrievalDataModule):
 
 
 def trainer(**kwargs) -> L.Trainer:
+    """A quiet trainer whose evaluation seeds k-means as ``clustering_metrics`` does; ``kwargs``: its
+    ``RetrievalEvaluation``'s options."""
     return L.Trainer(
-        callbacks=[RetrievalEvaluation(recall_at=[1, 4], seed=0)],  # k-means seeded as clustering_metrics
+        callbacks=[RetrievalEvaluation(recall_at=[1, 4], seed=0, **kwargs)],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        **kwargs,
     )
 
 
@@ -72,11 +73,21 @@ def test_query_vs_gallery_metrics_equal_the_metric_core():
         query_ids=ids[is_query],
         gallery_ids=ids,
         recall_at=[1, 4],
-    ) | clustering_metrics(embeddings, labels)
+    ) | clustering_metrics(embeddings[is_query], labels[is_query])  # k-means on the queries only
     (logged,) = trainer().test(
         Flatten(), datamodule=QueryGallery(validation=[], protocol="closed_set"), verbose=False
     )
     assert logged == pytest.approx({f"test/{key}": value for key, value in expected.items()}, abs=1e-6)
+    assert logged["test/nmi"] != pytest.approx(clustering_metrics(embeddings, labels)["nmi"], abs=1e-3)
+
+
+def test_cluster_all_clusters_queries_and_gallery_together():
+    images, labels = points()
+    expected = clustering_metrics(images.flatten(1), labels)
+    (logged,) = trainer(cluster="all").test(
+        Flatten(), datamodule=QueryGallery(validation=[], protocol="closed_set"), verbose=False
+    )
+    assert {key: logged[f"test/{key}"] for key in expected} == pytest.approx(expected, abs=1e-6)
 
 
 def test_each_validation_set_is_logged_under_its_own_name():

@@ -7,9 +7,9 @@ import torch
 from rich.console import Console
 
 from lightning_dml.callbacks import RunSummary
-from lightning_dml.callbacks.run_summary import metrics_table
+from lightning_dml.callbacks.run_summary import metrics_table, references_table
 from lightning_dml.cli import DMLCLI, KeyMetricProgressBar
-from tests.conftest import summary_rows, table_rows
+from tests.conftest import reference_rows, summary_rows, table_rows, tensorboard_scalars
 
 
 def rendered(renderable) -> str:
@@ -58,6 +58,37 @@ def test_metrics_table_has_a_row_per_metric_and_a_column_per_set():
     assert lines == [["metric", "val", "test"], ["map@r", "0.5000", "0.2500"], ["recall@1", "0.7500"]]
 
 
+def test_references_table_puts_pixels_and_untrained_beside_the_trained_value():
+    trained = {"val_seen/map@r": 0.9, "val_seen/nmi": 0.8, "val_test/map@r": 0.4, "val_unseen/map@r": 0.3}
+    references = {
+        "val_seen/untrained/map@r": 0.5,
+        "val_seen/pixels/map@r": 0.7,
+        "val_seen/untrained/nmi": 0.25,
+        "val_test/untrained/map@r": 0.45,
+        "test/pixels/map@r": 0.6,  # no trained value of the set: not shown
+    }
+    table = references_table(trained, references)
+    headers = [str(column.header) for column in table.columns]
+    assert headers == [
+        "metric",
+        "val_seen\npixels",
+        "\nuntrained",
+        "\ntrained",
+        "val_test\nuntrained",
+        "\ntrained",
+    ]
+    cells = [list(column.cells) for column in table.columns]
+    assert cells[0] == ["map@r", "nmi"]
+    assert cells[1:] == [
+        ["0.7000", ""],
+        ["0.5000", "0.2500"],
+        ["0.9000", "0.8000"],
+        ["0.4500", ""],
+        ["0.4000", ""],
+    ]
+    assert references_table(trained, {}) is None
+
+
 def test_a_cli_fit_prints_one_summary_with_the_choosing_set_and_the_test(
     quick_args, tmp_path, capsys, monkeypatch
 ):
@@ -82,7 +113,24 @@ def test_a_cli_fit_prints_one_summary_with_the_choosing_set_and_the_test(
     assert rows["metric"] == ["val_seen", "test"]
     assert float(rows["map@r"][1]) == round(test_map, 4)
     assert float(rows["map@r"][0]) == round(float(checkpoint.best_model_score), 4)
-    assert table_rows(out, "map@r") == 1  # each metric printed once, in the one table
+    assert table_rows(out, "map@r") == 2  # once in the metrics table, once beside its reference rows
+    # the quickstart's reference rows: each validation set before training, beside the chosen validation
+    references = reference_rows(test_summary)
+    assert references["val_seen"] == ["val_test"]  # the set above its columns
+    assert references["metric"] == ["pixels", "untrained", "trained"] * 2
+    metrics = ["recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision", "map@r"]
+    assert list(references)[2:] == [*metrics, "nmi", "f1"]
+    assert float(references["map@r"][2]) == round(float(checkpoint.best_model_score), 4)
+    logged = tensorboard_scalars(log_dir)
+    for metric in [*metrics, "nmi", "f1"]:
+        for column, key in enumerate(
+            f"{name}/{reference}/{metric}"
+            for name in ("val_seen", "val_test")
+            for reference in ("pixels", "untrained")
+        ):
+            printed = float(references[metric][column + column // 2])  # a trained column follows each pair
+            assert set(logged[key]) == {0}  # logged once, at step 0
+            assert printed == pytest.approx(logged[key][0], abs=5e-5)
 
 
 def test_validate_of_a_checkpoint_prints_each_metric_once_and_logs_beside_its_run(
