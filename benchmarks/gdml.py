@@ -153,9 +153,9 @@ PML baselines 0.6/1, Triplet-Network 0.2/3). No augmentation. G-DML's GEMINI tea
 (configs/gdml/fashion_mnist_teacher.yaml: one stream per class, b = 64 triplets per class pair, SGD 1e-3,
 raw pixels) for {arguments.teacher_epochs} epochs. Baselines (configs/gdml/baselines/): PML's contrastive,
 triplet, margin and multi-similarity losses without a miner; `triplet_network` is the authors' own baseline
-({TRIPLETS_PER_PAIR} fixed triplets per class pair, so that an epoch sees about as many images as the others',
-dealt into shuffled batches of {TRIPLETS_PER_PAIR} triplets; torch's triplet loss with margin 3; the authors use
-512 and 512).
+({TRIPLETS_PER_PAIR} fixed triplets per class pair, so that an epoch sees about as many images as the
+others', dealt into shuffled batches of {TRIPLETS_PER_PAIR} triplets; torch's triplet loss with margin 3; the
+authors use 512 and 512).
 The paper trains a CIFAR-style ResNet-18 (width 64) for 50 epochs on a GPU, 10 runs.
 
 Metrics: `1nn_macro_recall` / `1nn_macro_f1` (the 1-NN classifier's macro recall and F1: the paper's Recall@1
