@@ -1,0 +1,91 @@
+"""The G-DML paper's baselines are trained exactly like its student (the paper: SGD, clipping by value 0.1,
+weight decay 1e-4, random batches without a miner, raw 2-D outputs), read from the configs as built."""
+
+import pytest
+import torch
+
+from lightning_dml.cli import DMLCLI
+from lightning_dml.data.pair_triplets import ClassPairTripletSampler
+from lightning_dml.losses import BatchTriplets
+from tests.conftest import REPO
+
+DATASETS = ["fashion_mnist", "mnist", "cifar10"]
+LOSSES = ["contrastive", "triplet", "margin", "multi_similarity"]
+
+
+def built(*configs: str) -> DMLCLI:
+    """The CLI of the stacked configs, built but not run."""
+    args = [item for config in configs for item in ("--config", str(REPO / "configs/gdml" / config))]
+    return DMLCLI(args=args, run=False)
+
+
+def recipe(cli: DMLCLI) -> dict:
+    """What the paper fixes for the student and its baselines, from the built trainer, model and data."""
+    configured = cli.model.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    return {
+        "optimizer": (type(optimizer), optimizer.defaults["lr"], optimizer.defaults["weight_decay"]),
+        "momentum": optimizer.defaults["momentum"],
+        "clipping": (cli.trainer.gradient_clip_val, cli.trainer.gradient_clip_algorithm),
+        "scheduler": (type(scheduler), scheduler.factor, scheduler.patience),
+        "monitor": configured["lr_scheduler"]["monitor"],
+        "batches": (cli.datamodule.train_sampler, cli.datamodule.batch_size),
+        "epochs": cli.trainer.max_epochs,
+        "output": (cli.model.head.embedding_size, cli.model.head.normalize),
+    }
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_each_baseline_trains_like_the_student_without_a_miner(dataset, loss):
+    student = recipe(built(f"{dataset}_student.yaml"))
+    baseline_cli = built(f"baselines/{dataset}.yaml", f"baselines/{loss}.yaml")
+    assert recipe(baseline_cli) == student
+    assert student["optimizer"][1:] == (0.1, 0.0001) and student["clipping"] == (0.1, "value")
+    assert student["batches"][0] == "random" and student["output"] == (2, False)
+    assert baseline_cli.model.miner is None and type(baseline_cli.model.loss).__name__.lower().startswith(
+        loss.split("_")[0][:5]
+    )
+
+
+def test_the_triplet_network_baseline_is_the_authors_recipe():
+    cli = built("baselines/fashion_mnist.yaml", "baselines/triplet_network.yaml")
+    baseline, student = recipe(cli), recipe(built("fashion_mnist_student.yaml"))
+    # TripletNetwork_Fashion.py: SGD 0.1, weight decay 1e-4, clip 0.1, ReduceLROnPlateau(0.2, patience 3)
+    assert baseline["optimizer"] == student["optimizer"] and baseline["clipping"] == student["clipping"]
+    assert baseline["scheduler"][1:] == (0.2, 3) and baseline["output"] == (2, False)
+    assert cli.datamodule.train_sampler == "shuffled_class_pair_triplets"
+    assert cli.datamodule.samples_per_class == 512 and isinstance(cli.model.miner, BatchTriplets)
+    loss = cli.model.loss
+    assert loss.margin == 3.0 and not loss.distance.normalize_embeddings
+
+
+def test_the_triplet_network_stack_trains_on_shuffled_class_pair_triplets(tmp_path, one_thread):
+    cli = DMLCLI(
+        args=[
+            "fit",
+            "--config",
+            str(REPO / "configs/gdml/baselines/fashion_mnist.yaml"),
+            "--config",
+            str(REPO / "configs/gdml/baselines/triplet_network.yaml"),
+            "--data.class_path",
+            "lightning_dml.data.Digits",
+            "--data.init_args.samples_per_class",
+            "8",
+            "--model.init_args.backbone.class_path",
+            "lightning_dml.models.SmallCNN",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "3",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+            "--test_after_fit",
+            "false",
+        ]
+    )
+    sampler = cli.trainer.train_dataloader.batch_sampler
+    assert isinstance(sampler, ClassPairTripletSampler) and sampler.shuffle_triplets
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
