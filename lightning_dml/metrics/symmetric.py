@@ -22,7 +22,13 @@ import torch
 from torch import Tensor
 
 from lightning_dml.metrics.knn import Metric
-from lightning_dml.metrics.topm import best_of, column_candidates, group_count, row_candidates
+from lightning_dml.metrics.topm import (
+    best_of,
+    column_candidates,
+    column_group_maxima,
+    group_count,
+    row_candidates,
+)
 
 INF = float("inf")
 #: At least this many blocks: strips then cover (1 + 1/8) / 2 of the full matrix.
@@ -91,8 +97,8 @@ def leave_one_out_screen(
         window.append(_strip_window(scores, top_columns, top_scores, low, high, start, stop, first))
         if stop < n:
             later = block[:, stop - first : n - first]
-            maxima = later if row_groups == 1 else later.view(row_groups, -1, n - stop).amax(0)
-            _update_later_tops(later, maxima, row_groups, start, stop, top_columns, top_scores)
+            maxima = column_group_maxima(later, row_groups)
+            _update_later_tops(later, maxima, start, stop, top_columns, top_scores)
             rows, columns = _later_above_and_window(
                 later, maxima, low[stop:], high[stop:], above[stop:], count_buffer
             )
@@ -161,18 +167,14 @@ def _later_above_and_window(
 
 
 def _update_later_tops(
-    later: Tensor, maxima: Tensor, groups: int, start: int, stop: int, top_columns: Tensor, top_scores: Tensor
+    later: Tensor, maxima: Tensor, start: int, stop: int, top_columns: Tensor, top_scores: Tensor
 ) -> None:
     """Merge a strip's column side into the running top lists of items ``stop…``; a column whose group
-    maxima all stay at or below its current m-th best score cannot change its list and is skipped."""
+    ``maxima`` all stay at or below its current m-th best score cannot change its list and is skipped."""
     active = torch.nonzero((maxima > top_scores[stop:, -1]).any(0)).flatten()
     if len(active) == 0:
         return
-    if 2 * len(active) > later.shape[1]:  # most columns: no copy of them, work on the whole strip
-        active = torch.arange(later.shape[1], device=later.device)
-        rows, values = column_candidates(later, top_scores.shape[1], groups)
-    else:
-        rows, values = column_candidates(later[:, active], top_scores.shape[1], groups)
+    rows, values = column_candidates(later, maxima, top_scores.shape[1], active)
     items = stop + active
     merged = best_of(
         torch.cat([top_columns[items], (rows + start).clamp_(max=len(top_columns) - 1)], 1),

@@ -42,21 +42,28 @@ def row_candidates(block: Tensor, m: int, groups: int) -> tuple[Tensor, Tensor]:
     return candidates, block.gather(1, candidates)
 
 
-def column_candidates(block: Tensor, m: int, groups: int) -> tuple[Tensor, Tensor]:
-    """``(rows, values)`` of each column's candidates, ``(columns, c)`` each, as ``row_candidates``.
+def column_group_maxima(block: Tensor, groups: int) -> Tensor:
+    """``(length / groups, columns)``: the maximum of each column's interleaved row groups (group j holds
+    rows j, j + L, j + 2L, …; L = length / groups); ``block`` itself when ``groups == 1``.
 
     ``block`` may be a column slice of a larger matrix; its row count must be a multiple of ``groups``.
     """
-    length, columns = block.shape
     if groups == 1:
-        values, rows = block.T.topk(min(m, length), dim=1, sorted=False)
-        return rows, values
-    group_length = length // groups
-    maxima = block.view(groups, group_length, columns).amax(0)  # (group_length, columns)
-    best_groups = maxima.T.contiguous().topk(m, dim=1, sorted=False).indices
+        return block
+    return block.view(groups, -1, block.shape[1]).amax(0)
+
+
+def column_candidates(block: Tensor, maxima: Tensor, m: int, columns: Tensor) -> tuple[Tensor, Tensor]:
+    """``(rows, values)`` of the candidates of ``block``'s ``columns``, ``(len(columns), c)`` each, as
+    ``row_candidates``, from the block's ``column_group_maxima``."""
+    group_length = len(maxima)
+    groups = len(block) // group_length
+    values, best_groups = maxima[:, columns].T.contiguous().topk(min(m, group_length), dim=1, sorted=False)
+    if groups == 1:
+        return best_groups, values
     spread = group_length * torch.arange(groups, device=block.device)
-    candidates = (best_groups[:, :, None] + spread).view(columns, m * groups)
-    return candidates, block.T.gather(1, candidates)
+    candidates = (best_groups[:, :, None] + spread).view(len(columns), -1)
+    return candidates, block[candidates, columns[:, None]]
 
 
 def best_of(indices: Tensor, values: Tensor, m: int) -> tuple[Tensor, Tensor]:

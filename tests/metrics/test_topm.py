@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from lightning_dml.metrics.topm import best_of, column_candidates, group_count, row_candidates
+from lightning_dml.metrics.topm import (
+    best_of,
+    column_candidates,
+    column_group_maxima,
+    group_count,
+    row_candidates,
+)
 
 INF = float("inf")
 
@@ -28,7 +34,10 @@ def test_best_column_candidates_of_a_column_slice_equal_a_full_top_k(groups):
     matrix = torch.randn(8 * 30, 100, generator=torch.Generator().manual_seed(1))
     matrix[-5:] = -INF  # padding rows
     block = matrix[:, 20:70]  # a strided view, as the column side of a strip
-    rows, values = best_of(*column_candidates(block, 6, groups), 6)
-    expected_values, expected_rows = block.T.topk(6, dim=1)
+    columns = torch.tensor([0, 3, 4, 17, 49])  # a subset, as the columns a strip can still improve
+    maxima = column_group_maxima(block, groups)
+    assert torch.equal(maxima, block.view(groups, 30 * 8 // groups, 50).amax(0))
+    rows, values = best_of(*column_candidates(block, maxima, 6, columns), 6)
+    expected_values, expected_rows = block[:, columns].T.topk(6, dim=1)
     assert torch.equal(rows, expected_rows)
     assert torch.equal(values, expected_values)
