@@ -413,7 +413,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--scenarios", default="cub,inshop,sop,large,nmi", help="comma-separated names")
-    parser.add_argument("--repeats", type=int, help="repeats of every scenario (default: cub, inshop 3; sop 2; large 1)")
+    parser.add_argument(
+        "--repeats", type=int, help="repeats of every scenario (default: cub, inshop 3; sop 2; large 1)"
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch and faiss threads")
     parser.add_argument("--out", default="benchmarks/results/retrieval_eval", help="output path stem")
     arguments = parser.parse_args()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -66,7 +66,8 @@ class RetrievalEvaluation(L.Callback):
     training is unchanged): ``untrained``, the network with its initial weights, and ``pixels``, each image
     as the evaluation transform gives it, flattened, minus the set's mean image, L2-normalised (only for
     images of at most ``PIXEL_LIMIT`` values: larger ones are refused before training starts). They are
-    logged once, at step 0, as ``{set}/untrained/{metric}`` and ``{set}/pixels/{metric}``, kept in
+    logged once, at step 0, as ``{set}/untrained/{metric}`` and ``{set}/pixels/{metric}`` (and the untrained
+    network's readouts as ``{set}/untrained/{readout}/{metric}``), kept in
     :attr:`reference_metrics` for the run summary and saved in the checkpoints: a resumed fit keeps the
     checkpoint's and computes none.
 
@@ -266,23 +267,34 @@ class RetrievalEvaluation(L.Callback):
         for name, loader in zip(names, loaders, strict=True) if pixels else []:
             check_pixel_size(name, loader)
         rows = {}
+        if "untrained" in self.references:  # its readouts too
+            self._trace_readouts(trainer.lightning_module)
         for idx, (name, loader) in enumerate(zip(names, loaders, strict=True)):
-            batches = reference_batches(trainer, loader, idx, limited[idx], pixels)
-            outputs = gathered_set(name, batches, loader, limited[idx], "validate")
+            for batch, outputs in reference_batches(trainer, loader, idx, limited[idx]):
+                self._collect(outputs, batch, idx)
+                if pixels:
+                    self._outputs[idx][-1]["pixels"] = batch["image"].flatten(1)
+            outputs = gathered_set(name, self._outputs.pop(idx), loader, limited[idx], "validate")
             metrics = self._reference_rows(outputs) if trainer.is_global_zero else None
             metrics = trainer.strategy.broadcast(metrics, src=0)
             rows |= {f"{name}/{key}": value for key, value in metrics.items()}
+        self._layer_readouts = None
         return rows
 
     def _reference_rows(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
-        """The metrics ``{"{reference}/{metric}": value}`` of one set's reference pass."""
-        features = {"untrained": outputs["embeddings"]}
-        if "pixels" in outputs:
+        """The metrics ``{"{reference}/{metric}": value}`` of one set's reference pass; the untrained
+        network's readouts as ``untrained/{readout}/{metric}``."""
+        features = {}
+        if "untrained" in self.references:
+            features["untrained"] = outputs["embeddings"]
+            for key in [key for key in outputs if key.startswith(READOUT_KEY)]:
+                features[f"untrained/{key.removeprefix(READOUT_KEY)}"] = outputs.pop(key)
+        if "pixels" in self.references:
             features["pixels"] = pixel_features(outputs.pop("pixels"))
         return {
             f"{reference}/{key}": value
-            for reference in self.references
-            for key, value in self.compute(outputs | {"embeddings": features[reference]}).items()
+            for reference, values in features.items()
+            for key, value in self.compute(outputs | {"embeddings": values}).items()
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -302,22 +314,17 @@ def pixel_features(images: torch.Tensor) -> torch.Tensor:
 
 
 def reference_batches(
-    trainer: L.Trainer, loader: Any, dataloader_idx: int, limit: int | float, pixels: bool
-) -> list[dict[str, torch.Tensor]]:
-    """This rank's validation outputs of one set as the network gives them now: the strategy's validation
-    step on batches moved to the device, as in the validation loop (call it in eval mode without gradients);
-    with ``pixels``, also each image flattened, under ``pixels``."""
-    kept = []
+    trainer: L.Trainer, loader: Any, dataloader_idx: int, limit: int | float
+) -> Iterator[tuple[dict[str, Any], dict[str, torch.Tensor]]]:
+    """This rank's ``(batch, outputs)`` of one validation set as the network gives them now: the strategy's
+    validation step on batches moved to the device, as in the validation loop (iterate in eval mode without
+    gradients)."""
     for batch_idx, batch in enumerate(loader):
         if batch_idx >= limit:
             break
         batch = trainer.precision_plugin.convert_input(batch)
         batch = trainer.strategy.batch_to_device(batch, dataloader_idx=dataloader_idx)
-        outputs = trainer.strategy.validation_step(batch, batch_idx, dataloader_idx)
-        kept.append({key: value.detach() for key, value in outputs.items()})
-        if pixels:
-            kept[-1]["pixels"] = batch["image"].flatten(1)
-    return kept
+        yield batch, trainer.strategy.validation_step(batch, batch_idx, dataloader_idx)
 
 
 def check_pixel_size(name: str, loader: Any) -> None:

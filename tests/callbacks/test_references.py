@@ -5,31 +5,33 @@ import copy
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from lightning_dml.callbacks import RetrievalEvaluation
 from lightning_dml.callbacks.retrieval_evaluation import PIXEL_LIMIT
+from lightning_dml.callbacks.run_summary import references_table
 from lightning_dml.cli import DMLCLI
 from lightning_dml.data import Digits
 from lightning_dml.errors import ConfigError
 from lightning_dml.losses import BinomialDevianceLoss
 from lightning_dml.methods import MetricLearning
 from lightning_dml.metrics import clustering_metrics
-from lightning_dml.models import SmallCNN
+from lightning_dml.models import Readout, SmallCNN
 from tests.reference import brute_force_metrics, embed_loader
 
 REFERENCES = ["untrained", "pixels"]
 
 
 def fit(
-    data: Digits, references=REFERENCES, **trainer_args
+    data: Digits, references=REFERENCES, readouts=None, **trainer_args
 ) -> tuple[RetrievalEvaluation, MetricLearning, MetricLearning]:
     """Fit a small seeded network on ``data`` (one epoch unless ``trainer_args`` say otherwise) with reference
     rows; return the evaluation, a copy of the network as it was before training, and the trained network."""
     L.seed_everything(0)
     model = MetricLearning(SmallCNN(1, widths=(8, 16)), BinomialDevianceLoss(), embedding_size=8)
     initial = copy.deepcopy(model)
-    evaluation = RetrievalEvaluation(recall_at=[1, 4], seed=0, references=references)
+    evaluation = RetrievalEvaluation(recall_at=[1, 4], seed=0, references=references, readouts=readouts)
     trainer = L.Trainer(
         callbacks=[evaluation],
         logger=False,
@@ -137,3 +139,25 @@ def test_a_resumed_fit_keeps_the_checkpoints_reference_rows_and_recomputes_none(
 def evaluation_of(cli: DMLCLI) -> RetrievalEvaluation:
     """The CLI trainer's evaluation callback."""
     return next(c for c in cli.trainer.callbacks if isinstance(c, RetrievalEvaluation))
+
+
+def test_the_untrained_networks_readouts_equal_brute_force_on_its_layers_pooled_by_hand(one_thread):
+    data = Digits(validation=["seen"], classes_per_batch=4, samples_per_class=16)
+    readouts = {"gap": Readout("backbone.blocks.1")}
+    evaluation, initial, _ = fit(data, ["untrained"], readouts, limit_train_batches=2)
+    (loader,) = data.val_dataloader()
+    images = torch.cat([batch["image"] for batch in loader])
+    labels = torch.cat([batch["label"] for batch in loader]).long()
+    with torch.no_grad():
+        blocks = initial.eval().backbone.blocks
+        pooled = blocks[1](F.max_pool2d(blocks[0](images), 2)).mean(dim=(2, 3))  # (N, 16)
+    (name,) = data.val_sets
+    rows = expected_rows(pooled, {}, labels)
+    expected = {f"{name}/untrained/gap/{key}": value for key, value in rows.items()}
+    found = {key: value for key, value in evaluation.reference_metrics.items() if "/gap/" in key}
+    assert found == pytest.approx(expected, abs=1e-6)
+    trained = {f"{name}/gap/map@r": 0.9, f"{name}/map@r": 0.8}
+    table = references_table(trained, evaluation.reference_metrics)  # the summary: untrained beside trained
+    row = list(table.columns[0].cells).index("gap/map@r")
+    assert list(table.columns[-1].cells)[row] == "0.9000"
+    assert list(table.columns[-2].cells)[row] == f"{expected[f'{name}/untrained/gap/map@r']:.4f}"
