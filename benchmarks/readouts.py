@@ -51,11 +51,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--overlay", help="a config laid over the recipe (e.g. another loss)")
+    parser.add_argument("--out", default="readouts", help="results file stem under benchmarks/results/")
     options = parser.parse_args()
     torch.set_num_threads(1)  # other jobs share the 2 cores
     base = [
         "--config",
         CONFIG,
+        *(["--config", options.overlay] if options.overlay else []),
         "--data.init_args.root",
         ROOT,
         "--data.init_args.validation",
@@ -89,11 +92,13 @@ def main() -> None:
         for name, entry in networks.items()
     }
     seeds = " ".join(map(str, options.seeds))
+    extra = f" --overlay {options.overlay} --out {options.out}" if options.overlay else ""
+    loss = f"the loss of {options.overlay}" if options.overlay else "binomial deviance"
     header = (
         "# Readouts: Fashion-MNIST 0–4 → unseen 5–9 (5,000 test images), leave-one-out\n\n"
-        f"`python -m benchmarks.readouts --seeds {seeds} --epochs {options.epochs}` on "
+        f"`python -m benchmarks.readouts --seeds {seeds} --epochs {options.epochs}{extra}` on "
         f"{platform.processor() or 'CPU'}, 1 thread (2 cores shared with other jobs). Network "
-        "(configs/readouts/fashion_mnist.yaml): SmallCNN 32-64-128 + linear 128-d head, binomial deviance, "
+        f"(configs/readouts/fashion_mnist.yaml): SmallCNN 32-64-128 + linear 128-d head, {loss}, "
         f"Adam 1e-3, {options.epochs} epochs of the 30,000 training images in batches of 60 (5 classes × "
         f"12), no validation, last weights tested. Mean ± 95% CI over {len(options.seeds)} seeds; the seeds "
         "vary the network's initialisation and the training batches (pixels have no seed). Readouts of the "
@@ -101,7 +106,7 @@ def main() -> None:
         "8,192-d projection threshold, so not projected). Minutes per run: untrained "
         f"{minutes['untrained network']:.1f} (evaluation only), trained {minutes['trained network']:.1f}."
     )
-    print(save("readouts", header, results, METRICS))
+    print(save(options.out, header, results, METRICS))
 
 
 if __name__ == "__main__":
