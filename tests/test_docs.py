@@ -3,6 +3,7 @@
 import re
 
 import pytest
+from pytorch_metric_learning.losses import NormalizedSoftmaxLoss
 
 from lightning_dml.cli import DMLCLI
 from lightning_dml.methods import DeML
@@ -25,6 +26,17 @@ def test_the_deml_digits_u512_overlay_builds_one_stream_one_learner_as_wide_as_d
     assert isinstance(u512, DeML) and u512.hparams.streams == u512.hparams.learners == 1
     width = deml.hparams.streams * deml.hparams.learners * deml.hparams.embedding_size
     assert u512.hparams.embedding_size == width
+
+
+def test_the_normalized_softmax_overlay_builds_one_proxy_per_training_class_of_the_embeddings_width():
+    configs = ["--config", str(REPO / "configs/readouts/fashion_mnist.yaml")]
+    configs += ["--config", str(REPO / "configs/readouts/normalized_softmax.yaml")]
+    model = DMLCLI(
+        args=[*configs, "--data.init_args.root", str(REPO.parent / "shared/datasets")], run=False
+    ).model
+    assert isinstance(model.loss, NormalizedSoftmaxLoss)
+    assert tuple(model.loss.W.shape) == (model.hparams.embedding_size, 5)  # classes 0–4 train
+    assert model.loss_lr == 0.01
 
 
 def test_the_readme_python_snippet_runs_after_the_quickstart_and_predict(tmp_path, monkeypatch):
