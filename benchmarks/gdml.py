@@ -105,9 +105,7 @@ def run_baseline(loss: str, seed: int, epochs: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as runs:
         args = ["--config", str(CONFIGS / "baselines/fashion_mnist.yaml")]
         args += ["--config", str(CONFIGS / f"baselines/{loss}.yaml"), *common_args(epochs)]
-        if (
-            loss == "triplet_network"
-        ):  # the authors' 512 triplets per class pair: 2.3 x the images of an epoch
+        if loss == "triplet_network":  # not the authors' 512 per class pair: 2.3 × an epoch's images
             args += ["--data.init_args.samples_per_class", str(TRIPLETS_PER_PAIR)]
         return test_metrics(run_cli("fit", args, seed, runs), loss, seed)
 
