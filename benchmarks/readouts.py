@@ -51,14 +51,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--overlay", help="a config laid over the recipe (e.g. another loss)")
+    parser.add_argument("--overlay", nargs="+", default=[], help="configs laid over the recipe, in order")
     parser.add_argument("--out", default="readouts", help="results file stem under benchmarks/results/")
     options = parser.parse_args()
     torch.set_num_threads(1)  # other jobs share the 2 cores
     base = [
         "--config",
         CONFIG,
-        *(["--config", options.overlay] if options.overlay else []),
+        *(argument for overlay in options.overlay for argument in ("--config", overlay)),
         "--data.init_args.root",
         ROOT,
         "--data.init_args.validation",
@@ -92,8 +92,9 @@ def main() -> None:
         for name, entry in networks.items()
     }
     seeds = " ".join(map(str, options.seeds))
-    extra = f" --overlay {options.overlay} --out {options.out}" if options.overlay else ""
-    loss = f"the loss of {options.overlay}" if options.overlay else "binomial deviance"
+    overlays = " ".join(options.overlay)
+    extra = f" --overlay {overlays} --out {options.out}" if overlays else ""
+    loss = f"binomial deviance, or what {overlays} set instead" if overlays else "binomial deviance"
     header = (
         "# Readouts: Fashion-MNIST 0–4 → unseen 5–9 (5,000 test images), leave-one-out\n\n"
         f"`python -m benchmarks.readouts --seeds {seeds} --epochs {options.epochs}{extra}` on "

@@ -223,9 +223,16 @@ torch.fx.wrap("halve_if_larger_than_two")
 
 class SmallCNN(nn.Module):
     """A small conv net for 8–32 px images: blocks of conv3×3 → BatchNorm → ReLU, each followed by a 2×2
-    max-pool while the map is larger than 2 px, then global average pooling to ``widths[-1]`` features."""
+    max-pool while the map is larger than 2 px, then global average pooling to ``widths[-1]`` features.
 
-    def __init__(self, in_channels: int = 1, widths: Sequence[int] = (32, 64, 128)) -> None:
+    With ``grid``, the last block's map (before its max-pool) is averaged to a ``grid × grid`` grid and
+    flattened instead (``widths[-1] · grid²`` features): the head then sees where features are, as the
+    grid readout does (issue 16's finding that the grid keeps what transfers to unseen classes).
+    """
+
+    def __init__(
+        self, in_channels: int = 1, widths: Sequence[int] = (32, 64, 128), grid: int | None = None
+    ) -> None:
         super().__init__()
         if not widths or min(widths) < 1:
             raise ConfigError(f"SmallCNN widths must be positive channel counts, got {list(widths)}.")
@@ -238,15 +245,22 @@ class SmallCNN(nn.Module):
             )
             for c_in, c_out in itertools.pairwise(channels)
         )
-        self.out_features: int = widths[-1]
+        self.grid = grid
+        self.out_features: int = widths[-1] * (grid or 1) ** 2
+
+    def last_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The last block's map (B, widths[-1], h, w) of images (B, C, H, W), before its max-pool."""
+        x = images
+        for block in self.blocks[:-1]:
+            x = halve_if_larger_than_two(block(x))
+        return self.blocks[-1](x)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Feature map (B, out_features, h, w) of images (B, C, H, W), before global pooling."""
-        x = images
-        for block in self.blocks:
-            x = halve_if_larger_than_two(block(x))
-        return x
+        """Feature map (B, widths[-1], h, w) of images (B, C, H, W), before global pooling."""
+        return halve_if_larger_than_two(self.last_map(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Globally average-pooled features (B, out_features) of images (B, C, H, W)."""
-        return self.forward_features(images).mean(dim=(-2, -1))
+        """Pooled features (B, out_features) of images (B, C, H, W): global average, or the grid."""
+        if self.grid is None:
+            return self.forward_features(images).mean(dim=(-2, -1))
+        return F.adaptive_avg_pool2d(self.last_map(images), self.grid).flatten(1)

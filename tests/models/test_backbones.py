@@ -4,6 +4,7 @@ import huggingface_hub
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 import torchvision
 from jsonargparse import ArgumentError, ArgumentParser
 from torchvision.models.feature_extraction import create_feature_extractor
@@ -196,6 +197,21 @@ def test_small_cnn_widths_and_channels() -> None:
     assert cnn(torch.randn(4, 3, 32, 32)).shape == (4, 16)
     with pytest.raises(ConfigError, match="widths"):
         SmallCNN(widths=[])
+
+
+def test_small_cnn_grid_features_are_the_last_blocks_7x7_map_before_its_pool_averaged_by_hand() -> None:
+    torch.manual_seed(0)
+    cnn = SmallCNN(in_channels=1, widths=[8, 16, 4], grid=7).eval()
+    images = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        x = F.max_pool2d(cnn.blocks[0](images), 2)  # 14 px
+        x = F.max_pool2d(cnn.blocks[1](x), 2)  # 7 px
+        last = cnn.blocks[2](x)  # (2, 4, 7, 7): a 7×7 grid is the map itself
+        features = cnn(images)
+    assert cnn.out_features == 4 * 49
+    torch.testing.assert_close(features, last.flatten(1))
+    cnn.grid = 1  # a 1×1 grid is the global average of the same map
+    torch.testing.assert_close(cnn(images), last.mean(dim=(2, 3)))
 
 
 @pytest.mark.parametrize(
