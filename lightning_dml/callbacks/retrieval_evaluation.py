@@ -220,11 +220,7 @@ class RetrievalEvaluation(L.Callback):
             outputs = gathered_set(name, self._outputs.pop(idx), loader, limited[idx], stage)
             metrics = None
             if trainer.is_global_zero:
-                readouts = {
-                    key.removeprefix(READOUT_KEY): outputs.pop(key)
-                    for key in list(outputs)
-                    if key.startswith(READOUT_KEY)
-                }
+                readouts = pop_readouts(outputs)
                 self.last_outputs[name], self.last_readouts[name] = outputs, readouts
                 self.last_rankings[name] = self.rank(outputs, self.top_k)
                 metrics = self.compute(outputs, self.last_rankings[name])
@@ -271,9 +267,8 @@ class RetrievalEvaluation(L.Callback):
             self._trace_readouts(trainer.lightning_module)
         for idx, (name, loader) in enumerate(zip(names, loaders, strict=True)):
             for batch, outputs in reference_batches(trainer, loader, idx, limited[idx]):
-                self._collect(outputs, batch, idx)
-                if pixels:
-                    self._outputs[idx][-1]["pixels"] = batch["image"].flatten(1)
+                images = {"pixels": batch["image"].flatten(1)} if pixels else {}
+                self._collect(outputs | images, batch, idx)
             outputs = gathered_set(name, self._outputs.pop(idx), loader, limited[idx], "validate")
             metrics = self._reference_rows(outputs) if trainer.is_global_zero else None
             metrics = trainer.strategy.broadcast(metrics, src=0)
@@ -287,8 +282,7 @@ class RetrievalEvaluation(L.Callback):
         features = {}
         if "untrained" in self.references:
             features["untrained"] = outputs["embeddings"]
-            for key in [key for key in outputs if key.startswith(READOUT_KEY)]:
-                features[f"untrained/{key.removeprefix(READOUT_KEY)}"] = outputs.pop(key)
+            features |= {f"untrained/{name}": values for name, values in pop_readouts(outputs).items()}
         if "pixels" in self.references:
             features["pixels"] = pixel_features(outputs.pop("pixels"))
         return {
@@ -304,6 +298,12 @@ class RetrievalEvaluation(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the reference rows of the checkpoint's run."""
         self.reference_metrics = dict(state_dict.get("reference_metrics", {}))
+
+
+def pop_readouts(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the readout features from a set's collected ``outputs``; return them, ``{readout: (N, D)}``."""
+    keys = [key for key in outputs if key.startswith(READOUT_KEY)]
+    return {key.removeprefix(READOUT_KEY): outputs.pop(key) for key in keys}
 
 
 def pixel_features(images: torch.Tensor) -> torch.Tensor:
