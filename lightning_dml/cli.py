@@ -22,6 +22,7 @@ from lightning_dml.callbacks import (
 )
 from lightning_dml.callbacks.run_summary import shared_log_directory
 from lightning_dml.cli_errors import OneLineErrorParser
+from lightning_dml.cli_facts import fill_facts
 from lightning_dml.data.datamodule import RetrievalDataModule
 from lightning_dml.errors import LightningDMLError
 from lightning_dml.methods import RetrievalModule
@@ -153,6 +154,16 @@ class DMLCLI(LightningCLI):
             if checkpoint.parent.name == "checkpoints":
                 logger.init_args.save_dir, logger.init_args.name = str(checkpoint.parent.parent), ""
                 logger.init_args.version = self.subcommand
+
+    def instantiate_classes(self) -> None:
+        """Instantiate the data module first and write the facts it knows into the model's config
+        (:func:`~lightning_dml.cli_facts.fill_facts`), then the rest; that data module is the run's."""
+        config = self.config.get(str(self.subcommand), self.config)
+        datamodule = self._parser(self.subcommand).instantiate_classes(Namespace(data=config.data)).data
+        fill_facts(config.model, datamodule)
+        vars(self).pop("config_dump", None)  # LightningCLI's dump of the config, taken before the facts
+        super().instantiate_classes()
+        self.config_init.get(str(self.subcommand), self.config_init).data = self.datamodule = datamodule
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """Build the trainer with the run summary, and a rich progress bar showing the key metric unless the

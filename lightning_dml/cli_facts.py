@@ -1,0 +1,65 @@
+"""Facts the data module knows, written into the model's configuration so that no config types them twice.
+
+jsonargparse's ``link_arguments`` would be the natural tool, but with a model chosen by ``class_path`` its
+targets differ per class (a backbone's ``in_channels``, the GEMINI teacher's ``num_streams``, a proxy
+loss's ``num_classes``): a link whose target the chosen class lacks is skipped by jsonargparse, yet
+LightningCLI still writes its value into the model's saved hyper-parameters (``_InstantiatorFn``), which
+then no longer rebuild the model (measured with lightning 2.6.6, jsonargparse 4.53). Hence this table,
+applied by the CLI between the data module's instantiation and the model's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+from jsonargparse import Namespace
+
+from lightning_dml.errors import ConfigError
+
+#: Model parameters (below ``model.init_args``) set from a data module attribute, wherever the chosen classes
+#: take them. ``num_train_classes`` reads the training labels (the data module's ``setup``).
+DATA_FACTS: dict[str, tuple[str, ...]] = {
+    "num_channels": ("backbone.init_args.in_channels", "in_channels"),
+    "image_size": ("image_size",),
+    "num_train_classes": ("num_streams", "loss.init_args.num_classes"),
+}
+
+#: Loss parameters set from the model's own parameters (a proxy loss's embedding size is the head's).
+MODEL_FACTS: dict[str, tuple[str, ...]] = {"embedding_size": ("loss.init_args.embedding_size",)}
+
+
+def fill_facts(model: Namespace, datamodule: Any) -> None:
+    """Set every parameter of :data:`DATA_FACTS` and :data:`MODEL_FACTS` that the model config has to the
+    data module's (or the model's) value; a value the config sets to something else raises a ConfigError."""
+    init_args = model.init_args
+    for fact, keys in [*DATA_FACTS.items(), *MODEL_FACTS.items()]:
+        present = [key for key in keys if key in init_args]
+        if not present:
+            continue
+        value = init_args[fact] if fact in MODEL_FACTS else getattr(datamodule, fact)
+        source = "the model's" if fact in MODEL_FACTS else f"the data module's ({type(datamodule).__name__})"
+        for key in present:
+            given = init_args[key]
+            if given not in (None, value, parameter_default(model, key)):
+                raise ConfigError(
+                    f"model.init_args.{key} is {given}, but it is set from {source} {fact}, {value}; "
+                    "leave it out of the config"
+                )
+            init_args[key] = value
+
+
+def parameter_default(model: Namespace, key: str) -> Any:
+    """The default of the ``__init__`` parameter that ``key`` (dotted, below ``model.init_args``) names, in
+    the class chosen at that level; ``None`` when it has none."""
+    *path, name = key.split(".")
+    owner = model
+    for part in path:
+        if part != "init_args":
+            owner = owner.init_args[part]
+    module_name, _, class_name = owner.class_path.rpartition(".")
+    parameter = inspect.signature(getattr(importlib.import_module(module_name), class_name)).parameters.get(
+        name
+    )
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
