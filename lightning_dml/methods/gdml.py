@@ -130,7 +130,7 @@ def teacher_targets(path: Path, datamodule: RetrievalDataModule) -> torch.Tensor
         content = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise DataError(f"teacher file not found: {path}; {advice}") from None
-    except (RuntimeError, pickle.UnpicklingError):
+    except (RuntimeError, pickle.UnpicklingError, IsADirectoryError):
         content = {}
     content = content if isinstance(content, dict) else {}
     info = content.get("gemini")  # a teacher checkpoint's

@@ -119,7 +119,8 @@ def test_the_hand_over_refuses_a_missing_file_and_a_file_of_another_kind_in_one_
     _, data, _ = teacher_run
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     (tmp_path / "text.pt").write_text("not a torch file")
-    for name in ("other.pt", "text.pt"):
+    (tmp_path / "run").mkdir()
+    for name in ("other.pt", "text.pt", "run"):
         with pytest.raises(DataError, match="neither a G-DML targets file nor a GeminiTeacher checkpoint"):
             teacher_targets(tmp_path / name, data)
     with pytest.raises(DataError, match="teacher file not found") as error:
