@@ -2,8 +2,7 @@
 
 from lightning_dml.methods.base import RetrievalModule
 from lightning_dml.methods.deml import DeML
-from lightning_dml.methods.gdml import GeminiTeacher
-from lightning_dml.methods.guided_student import GuidedStudent
+from lightning_dml.methods.gdml import GeminiTeacher, GuidedStudent
 from lightning_dml.methods.metric_learning import MetricLearning
 
 __all__ = ["DeML", "GeminiTeacher", "GuidedStudent", "MetricLearning", "RetrievalModule"]

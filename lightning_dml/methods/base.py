@@ -92,6 +92,11 @@ class RetrievalModule(L.LightningModule):
         """Return the evaluation embeddings (B, D) of a batch of images."""
         raise NotImplementedError
 
+    def embed_batch(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Return the evaluation embeddings (B, D) of an evaluation batch: :meth:`embed` of its images (a
+        method that needs more of the batch, as the GEMINI teacher its labels, overrides this)."""
+        return self.embed(batch["image"])
+
     def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Return the scalar training loss of a batch (log extra terms with ``self.log``)."""
         raise NotImplementedError
@@ -130,7 +135,7 @@ class RetrievalModule(L.LightningModule):
     ) -> dict[str, Any]:
         """Return the batch's embeddings, labels and dataset indices for the evaluation callback."""
         outputs = {
-            "embeddings": self.embed(batch["image"]),
+            "embeddings": self.embed_batch(batch),
             "labels": batch["label"],
             "indices": batch["index"],
         }

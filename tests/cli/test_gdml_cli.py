@@ -5,12 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.datasets import load_digits
 from sklearn.metrics import f1_score, recall_score
 
 from lightning_dml.cli import DMLCLI
 from lightning_dml.errors import DataError
-from tests.conftest import quick_cli_args, summary_rows
+from tests.conftest import quick_cli_args, summary_rows, tensorboard_scalars
 from tests.reference import assert_logged, brute_force_metrics, embed_loader
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,16 +27,18 @@ def test_teacher_then_student_through_the_cli(tmp_path, capsys, caplog, monkeypa
     teacher = fit("digits_teacher.yaml", tmp_path, "--trainer.limit_train_batches", "40")
     run = Path(teacher.trainer.log_dir)
     assert (run / "targets.pt").is_file()
-    accuracy = float(teacher.trainer.callback_metrics["targets/1nn_accuracy"])
+    (accuracy,) = tensorboard_scalars(run)["targets/1nn_accuracy"].values()
     print("target 1-NN accuracy", accuracy)
     assert 0.5 < accuracy <= 1.0
     # the run says where the targets went, and its summary shows their accuracy
     assert f"G-DML targets written to {run / 'targets.pt'} (leave-one-out 1-NN accuracy {accuracy:.4f})" in (
         caplog.text
     )
-    summary = capsys.readouterr().out.split("fit summary")[1]
+    summary = capsys.readouterr().out.split("test summary")[1]
     rows = summary_rows(summary)
-    assert rows["metric"] == ["targets"] and rows["1nn_accuracy"] == [f"{accuracy:.4f}"]
+    assert rows["metric"] == ["targets", "test"] and rows["1nn_accuracy"] == [f"{accuracy:.4f}"]
+    # and it was tested like any method, label-conditioned (its own unit test checks the embeddings)
+    assert {"test/map@r", "test/1nn_macro_f1"} <= set(teacher.trainer.callback_metrics)
 
     student = fit(
         "digits_student.yaml",
@@ -60,8 +63,8 @@ def test_teacher_then_student_through_the_cli(tmp_path, capsys, caplog, monkeypa
     }
     assert_logged(metrics, "test", expected)
 
-    (run / "targets.pt").unlink()  # from the checkpoint instead: the targets are computed and saved again
-    fit(
+    # from the teacher's checkpoint instead: the same targets, computed in memory, nothing written
+    from_checkpoint = fit(
         "digits_student.yaml",
         tmp_path,
         "--trainer.limit_train_batches",
@@ -71,7 +74,8 @@ def test_teacher_then_student_through_the_cli(tmp_path, capsys, caplog, monkeypa
         "--model.init_args.teacher",
         str(run / "checkpoints/last.ckpt"),
     )
-    assert (run / "targets.pt").is_file()
+    saved = torch.load(run / "targets.pt", weights_only=True)["targets"]
+    torch.testing.assert_close(from_checkpoint.model.targets.cpu(), saved)
 
     with pytest.raises(DataError, match="retrain the teacher"):
         fit(
