@@ -175,7 +175,9 @@ class GeminiTeacher(RetrievalModule):
 
     Args:
         num_streams: number of training classes (one stream each).
-        in_channels, image_size, embedding_size, padding: see :class:`GeminiNetwork`.
+        in_channels, image_size, embedding_size, padding: see :class:`GeminiNetwork`. The CLI sets
+            ``num_streams``, ``in_channels`` and ``image_size`` from the data module
+            (:mod:`lightning_dml.cli_facts`).
         margin: α of the triplet term.
         feature_weight: λ, the weight of the stream-feature term.
         raw_pixels: the network is fed float pixels in 0–255 (checked against the data module).
@@ -184,7 +186,7 @@ class GeminiTeacher(RetrievalModule):
 
     def __init__(
         self,
-        num_streams: int,
+        num_streams: int = 10,
         in_channels: int = 1,
         image_size: int = 28,
         embedding_size: int = 2,
