@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
-from torchvision.transforms import v2
 
 from lightning_dml.data.base import RetrievalDataset
+from lightning_dml.data.batches import ClassPairTriplets
 from lightning_dml.data.fingerprint import dataset_fingerprint
+from lightning_dml.data.transforms import raw_pixel_transform
 from lightning_dml.errors import ConfigError, DataError
 from lightning_dml.losses import GeminiLoss
 from lightning_dml.losses.batch_triplets import split_triplets
@@ -30,11 +31,6 @@ from lightning_dml.models import GeminiNetwork
 TARGETS_FILE = "targets.pt"
 #: Logged key of the targets' leave-one-out 1-NN accuracy (the "targets" set of the run summary).
 TARGET_ACCURACY = "targets/1nn_accuracy"
-
-
-def raw_pixel_transform() -> Callable:
-    """Conversion to float pixel values in 0–255 (no scaling, no normalisation): the teacher's input."""
-    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=False)])
 
 
 @torch.no_grad()
@@ -105,10 +101,10 @@ def load_targets(path: Path) -> dict[str, Any]:
 class GeminiTeacher(RetrievalModule):
     """GEMINI: one stream per training class and a shared head, trained on class-pair triplets.
 
-    Needs the data module's ``train_sampler: class_pair_triplets`` (each batch: b anchors, b positives of
-    class i, b negatives of class j, so only streams i and j run) and, with ``raw_pixels`` (the paper's
-    scale), ``raw_pixels: true`` there too. At the end of fit it writes the targets file into the logger's
-    run folder (``trainer.log_dir``) and logs ``targets/1nn_accuracy``, the leave-one-out 1-NN
+    Needs the data module's ``sampler: ClassPairTriplets`` (not shuffled; each batch: b anchors, b positives
+    of class i, b negatives of class j, so only streams i and j run) and, with ``raw_pixels`` (the paper's
+    scale), ``transforms: {raw_pixels: true}`` there too. At the end of fit it writes the targets file into
+    the logger's run folder (``trainer.log_dir``) and logs ``targets/1nn_accuracy``, the leave-one-out 1-NN
     accuracy of the targets (≈ 1 when the teacher works). There is no embedding for an image of unknown
     class, so the teacher is not evaluated: configure no validation sets and ``test_after_fit: false``.
 
@@ -158,12 +154,17 @@ class GeminiTeacher(RetrievalModule):
                 f"the GEMINI teacher has {self.network_args['num_streams']} streams but the training set "
                 f"has {classes} classes; set model.init_args.num_streams: {classes}"
             )
-        if getattr(datamodule, "train_sampler", None) != "class_pair_triplets":
-            raise DataError("the GEMINI teacher trains on class-pair triplets; set data train_sampler")
-        if getattr(datamodule, "raw_pixels", False) != self.raw_pixels:
+        sampler = getattr(datamodule, "sampler", None)
+        if not isinstance(sampler, ClassPairTriplets) or sampler.shuffle:
+            raise DataError(
+                "the GEMINI teacher trains on class-pair triplets; set data sampler: "
+                "lightning_dml.data.ClassPairTriplets (shuffle: false)"
+            )
+        if datamodule.preprocessing.raw_pixels != self.raw_pixels:
             raise DataError(
                 f"the teacher expects raw_pixels={self.raw_pixels} but the data module gives "
-                f"raw_pixels={datamodule.raw_pixels}; set the same value on both"
+                f"raw_pixels={datamodule.preprocessing.raw_pixels}; set the same value on both (data: "
+                "transforms.raw_pixels)"
             )
         self.fingerprint = dataset_fingerprint(datamodule.train_set)
 
@@ -196,7 +197,11 @@ class GeminiTeacher(RetrievalModule):
         trainer = self.trainer
         if trainer.is_global_zero and trainer.datamodule is not None:
             datamodule = trainer.datamodule
-            transform = raw_pixel_transform() if self.raw_pixels else datamodule.default_transforms(False)
+            transform = (
+                raw_pixel_transform(datamodule.preprocessing)
+                if self.raw_pixels
+                else datamodule.transform(train=False)
+            )
             targets = stream_targets(self.network, datamodule.train_set, transform)
             labels = datamodule.train_set.labels
             path = Path(trainer.log_dir or ".") / TARGETS_FILE

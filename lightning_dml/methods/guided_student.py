@@ -10,16 +10,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lightning_dml.data.fingerprint import dataset_fingerprint
+from lightning_dml.data.transforms import raw_pixel_transform
 from lightning_dml.errors import DataError
 from lightning_dml.losses import TargetDistanceLoss
 from lightning_dml.methods.base import RetrievalModule
-from lightning_dml.methods.gdml import (
-    TARGETS_FILE,
-    load_targets,
-    raw_pixel_transform,
-    save_targets,
-    stream_targets,
-)
+from lightning_dml.methods.gdml import TARGETS_FILE, load_targets, save_targets, stream_targets
 from lightning_dml.models import EmbeddingHead, GeminiNetwork
 
 
@@ -38,7 +33,11 @@ def targets_from_checkpoint(checkpoint_path: Path, datamodule: Any, fingerprint:
     network.load_state_dict(
         {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     )
-    transform = raw_pixel_transform() if info["raw_pixels"] else datamodule.default_transforms(False)
+    transform = (
+        raw_pixel_transform(datamodule.preprocessing)
+        if info["raw_pixels"]
+        else datamodule.transform(train=False)
+    )
     targets = stream_targets(network, datamodule.train_set, transform)
     return {"targets": targets, "labels": datamodule.train_set.labels, "fingerprint": info["fingerprint"]}
 

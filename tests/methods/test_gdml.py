@@ -9,15 +9,15 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_dml.data import Digits
+from lightning_dml.data import ClassPairTriplets, Digits, Transforms
 from lightning_dml.data.fingerprint import dataset_fingerprint
+from lightning_dml.data.transforms import raw_pixel_transform
 from lightning_dml.errors import DataError
 from lightning_dml.methods import GeminiTeacher, GuidedStudent
 from lightning_dml.methods.gdml import (
     TARGETS_FILE,
     load_targets,
     nearest_neighbour_accuracy,
-    raw_pixel_transform,
     stream_targets,
 )
 from lightning_dml.metrics import rank
@@ -30,10 +30,8 @@ def teacher_data(**kwargs) -> Digits:
     return Digits(
         protocol="closed_set",
         validation=[],
-        train_sampler="class_pair_triplets",
-        samples_per_class=4,
-        raw_pixels=True,
-        augment=False,
+        sampler=ClassPairTriplets(triplets_per_pair=4),
+        transforms=Transforms(raw_pixels=True, augment=False),
         **kwargs,
     )
 
@@ -70,7 +68,7 @@ def test_targets_file_round_trips_with_the_training_set_fingerprint(teacher_run)
     assert content["fingerprint"] == dataset_fingerprint(data.train_set)
     assert content["targets"].shape == (len(data.train_set), 2)
     torch.testing.assert_close(content["labels"], data.train_set.labels)
-    recomputed = stream_targets(model.network, data.train_set, raw_pixel_transform())
+    recomputed = stream_targets(model.network, data.train_set, raw_pixel_transform(data.preprocessing))
     torch.testing.assert_close(content["targets"], recomputed)
     targets, labels = content["targets"].double().numpy(), content["labels"].numpy()
     distances = np.linalg.norm(targets[:, None] - targets[None], axis=-1)
@@ -82,7 +80,7 @@ def test_targets_file_round_trips_with_the_training_set_fingerprint(teacher_run)
 
 def test_student_refuses_targets_of_another_split(teacher_run, tmp_path):
     _, data, run = teacher_run
-    other = Digits(protocol="closed_set", validation=[], augment=False, seed=1)
+    other = Digits(protocol="closed_set", validation=[], transforms=Transforms(augment=False), seed=1)
     other.setup()
     with pytest.raises(DataError) as error:
         trainer(tmp_path).fit(student(str(Path(run.log_dir) / TARGETS_FILE)), datamodule=other)
@@ -99,7 +97,7 @@ def test_student_computes_missing_targets_from_the_teacher_checkpoint(teacher_ru
     try:
         checkpoint = next(Path(run.log_dir).glob("checkpoints/*.ckpt"))
         model = student(str(checkpoint))
-        data = Digits(protocol="closed_set", validation=[], augment=False)
+        data = Digits(protocol="closed_set", validation=[], transforms=Transforms(augment=False))
         trainer(tmp_path, limit_train_batches=2).fit(model, datamodule=data)
         torch.testing.assert_close(model.targets, saved)
         torch.testing.assert_close(load_targets(targets_path)["targets"], saved)
@@ -109,7 +107,7 @@ def test_student_computes_missing_targets_from_the_teacher_checkpoint(teacher_ru
 
 def test_teacher_refuses_a_data_module_without_class_pair_triplets(tmp_path):
     model = GeminiTeacher(10, image_size=8, padding=2)
-    data = Digits(protocol="closed_set", validation=[], raw_pixels=True)
+    data = Digits(protocol="closed_set", validation=[], transforms=Transforms(raw_pixels=True))
     with pytest.raises(DataError, match="class-pair triplets"):
         trainer(tmp_path).fit(model, datamodule=data)
 
