@@ -4,7 +4,7 @@ choice the protocol cannot offer, and (for ``fit``) a training set that cannot f
 
 import pytest
 
-from lightning_dml.data import ClassBalanced, ClassPairTriplets, Digits, RetrievalDataset
+from lightning_dml.data import ClassBalanced, ClassPairTriplets, Digits, RandomBatches, RetrievalDataset
 from lightning_dml.errors import DataError
 
 UNSEEN_IN_CLOSED_SET = (
@@ -108,3 +108,22 @@ def test_fit_refuses_a_training_set_without_negatives_in_its_batches(options, me
     module.setup("validate")  # evaluating alone works
     with pytest.raises(DataError, match=message):
         module.setup("fit")
+
+
+def test_a_training_images_gallery_needs_the_closed_set():
+    with pytest.raises(DataError, match=r"^test_gallery: training_images .*; set protocol: closed_set or"):
+        Digits(test_gallery="training_images")
+
+
+@pytest.mark.parametrize(
+    ("sampler", "kept"),
+    [
+        (ClassBalanced(samples_per_class=30), 30),
+        (ClassPairTriplets(triplets_per_pair=20), 40),
+        (RandomBatches(), 1),
+    ],
+)
+def test_the_seen_hold_out_leaves_each_class_the_images_its_sampler_needs(sampler, kept):
+    module = Digits(validation=["seen"], val_images=1.0, sampler=sampler)
+    module.setup()
+    assert module.train_set.class_ids.bincount()[:5].tolist() == [kept] * 5
