@@ -13,7 +13,7 @@ from lightning_dml.seeds import run_seed
 def seeded_data(seed: int, **options) -> dict[str, object]:
     """Under ``seed_everything(seed)``: the split, two epochs' batch plans and an augmented image."""
     L.seed_everything(seed)
-    data = Digits(sampler=ClassBalanced(3, 4), **options)
+    data = Digits(**{"sampler": ClassBalanced(3, 4), **options})
     data.setup()
     sampler = data.train_dataloader().batch_sampler
     plans = []
