@@ -108,7 +108,7 @@ def run_baseline(loss: str, seed: int, epochs: int) -> dict[str, float]:
         args = ["--config", str(CONFIGS / "baselines/fashion_mnist.yaml")]
         args += ["--config", str(CONFIGS / f"baselines/{loss}.yaml"), *common_args(epochs)]
         if loss == "triplet_network":  # not the authors' 512 per class pair: 2.3 × an epoch's images
-            args += ["--data.init_args.samples_per_class", str(TRIPLETS_PER_PAIR)]
+            args += ["--data.init_args.sampler.init_args.triplets_per_pair", str(TRIPLETS_PER_PAIR)]
         return test_metrics(run_cli("fit", args, seed, runs), loss, seed)
 
 
@@ -146,7 +146,8 @@ network initialisation, the batch order, the GEMINI and Triplet-Network triplet 
 initialisation; the data split is the dataset's own.
 
 **Protocol (the paper's):** all 60,000 training images train every row and are the reference set searched by
-all 10,000 test images (`closed_set_train_reference`). Student and baselines: {BACKBONE_NAME} → linear head to
+all 10,000 test images (`protocol: closed_set`, `test_gallery: training_images`).
+Student and baselines: {BACKBONE_NAME} → linear head to
 d = 2, raw outputs, Euclidean search; {arguments.epochs} epochs of plain shuffled batches of 32; SGD lr 0.1,
 weight decay 1e-4, gradient clipping by value 0.1, ReduceLROnPlateau on the epoch's mean loss (student and
 PML baselines 0.6/1, Triplet-Network 0.2/3). No augmentation. G-DML's GEMINI teacher: the paper's recipe

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import operator
 from typing import Any
 
 from jsonargparse import Namespace
 
 from lightning_dml.errors import ConfigError
 
-#: Model parameters (below ``model.init_args``) set from a data module attribute, wherever the chosen classes
-#: take them. ``num_train_classes`` reads the training labels (the data module's ``setup``).
+#: Model parameters (below ``model.init_args``) set from a data module attribute (dotted), wherever the
+#: chosen classes take them. ``num_train_classes`` reads the training labels (the data module's ``setup``).
 DATA_FACTS: dict[str, tuple[str, ...]] = {
     "num_channels": ("backbone.init_args.in_channels", "in_channels"),
-    "image_size": ("image_size",),
+    "preprocessing.image_size": ("image_size",),
     "num_train_classes": ("num_streams", "loss.init_args.num_classes"),
 }
 
@@ -32,15 +33,18 @@ MODEL_FACTS: dict[str, tuple[str, ...]] = {"embedding_size": ("loss.init_args.em
 
 def fill_facts(model: Namespace, datamodule: Any) -> None:
     """Set every parameter of :data:`DATA_FACTS` and :data:`MODEL_FACTS` that the model config has to the
-    data module's (or the model's) value; a value the config sets to something else raises a ConfigError."""
+    data module's (or the model's) value; a value the config sets to something else raises a ConfigError.
+
+    A parameter whose default is ``None`` is left as configured: ``None`` is then a choice of its own (a
+    margin loss's ``num_classes: None`` learns one β for all classes)."""
     init_args = model.init_args
     for fact, keys in [*DATA_FACTS.items(), *MODEL_FACTS.items()]:
-        present = [key for key in keys if key in init_args]
-        if not present:
+        filled = [key for key in keys if key in init_args and parameter_default(model, key) is not None]
+        if not filled:
             continue
-        value = init_args[fact] if fact in MODEL_FACTS else getattr(datamodule, fact)
+        value = init_args[fact] if fact in MODEL_FACTS else operator.attrgetter(fact)(datamodule)
         source = "the model's" if fact in MODEL_FACTS else f"the data module's ({type(datamodule).__name__})"
-        for key in present:
+        for key in filled:
             given = init_args[key]
             if given not in (None, value, parameter_default(model, key)):
                 raise ConfigError(
@@ -52,14 +56,12 @@ def fill_facts(model: Namespace, datamodule: Any) -> None:
 
 def parameter_default(model: Namespace, key: str) -> Any:
     """The default of the ``__init__`` parameter that ``key`` (dotted, below ``model.init_args``) names, in
-    the class chosen at that level; ``None`` when it has none."""
+    the class chosen at that level (``inspect.Parameter.empty`` when it is required)."""
     *path, name = key.split(".")
     owner = model
     for part in path:
         if part != "init_args":
             owner = owner.init_args[part]
     module_name, _, class_name = owner.class_path.rpartition(".")
-    parameter = inspect.signature(getattr(importlib.import_module(module_name), class_name)).parameters.get(
-        name
-    )
-    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+    owner_class = getattr(importlib.import_module(module_name), class_name)
+    return inspect.signature(owner_class).parameters[name].default

@@ -1,9 +1,11 @@
 """Shared fixtures: the repository root and quick CLI arguments."""
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,6 +24,18 @@ def quick_cli_args(runs: Path, config: str = "configs/quickstart.yaml") -> list[
         "--trainer.logger.init_args.save_dir",
         str(runs),
     ]
+
+
+def data_module_of(config: str) -> Any:
+    """The data module of ``configs/<config>.yaml``, instantiated as the CLI does (not set up)."""
+    from jsonargparse import ArgumentParser
+
+    from lightning_dml.data import RetrievalDataModule
+
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(RetrievalDataModule, "data")
+    spec = yaml.safe_load((REPO / f"configs/{config}.yaml").read_text())["data"]
+    return parser.instantiate_classes(parser.parse_object({"data": spec})).data
 
 
 def summary_rows(text: str) -> dict[str, list[str]]:

@@ -27,7 +27,7 @@ import yaml
 
 from lightning_dml.cli import DMLCLI
 from lightning_dml.data.sampler import ClassBalancedBatchSampler
-from tests.conftest import REPO, quick_cli_args
+from tests.conftest import REPO, data_module_of, quick_cli_args
 
 DOCKERFILES = [REPO / "docker/Dockerfile", REPO / "docker/Dockerfile.cpu"]
 SBATCH = REPO / "cluster/slurm_ddp.sbatch"
@@ -278,14 +278,12 @@ def free_port() -> int:
 @functools.cache
 def steps_per_rank_of_quickstart(world_size: int) -> int:
     """Optimizer steps per rank in the quickstart's first epoch with ``world_size`` processes."""
-    spec = yaml.safe_load(QUICKSTART.read_text())["data"]
-    module, _, name = spec["class_path"].rpartition(".")
-    data = getattr(importlib.import_module(module), name)(**spec["init_args"])
+    data = data_module_of("quickstart")
     data.setup("fit")
     sampler = ClassBalancedBatchSampler(
         data.train_set.labels,
-        data.classes_per_batch,
-        data.samples_per_class,
+        data.sampler.classes_per_batch,
+        data.sampler.samples_per_class,
         seed=data.seed,
         num_replicas=world_size,
         rank=0,

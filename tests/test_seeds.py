@@ -6,14 +6,14 @@ import torch
 
 from lightning_dml.callbacks import RetrievalEvaluation
 from lightning_dml.callbacks import retrieval_evaluation as evaluation_module
-from lightning_dml.data import Digits
+from lightning_dml.data import ClassBalanced, ClassPairTriplets, Digits
 from lightning_dml.seeds import run_seed
 
 
 def seeded_data(seed: int, **options) -> dict[str, object]:
     """Under ``seed_everything(seed)``: the split, two epochs' batch plans and an augmented image."""
     L.seed_everything(seed)
-    data = Digits(classes_per_batch=3, samples_per_class=4, **options)
+    data = Digits(**{"sampler": ClassBalanced(3, 4), **options})
     data.setup()
     sampler = data.train_dataloader().batch_sampler
     plans = []
@@ -35,7 +35,7 @@ def same(first: list[torch.Tensor], second: list[torch.Tensor]) -> bool:
     "options",
     [
         {"validation": ["seen", "unseen"]},
-        {"validation": ["seen"], "protocol": "closed_set", "train_sampler": "class_pair_triplets"},
+        {"validation": ["seen"], "protocol": "closed_set", "sampler": ClassPairTriplets(triplets_per_pair=4)},
     ],
     ids=["class_balanced", "class_pair_triplets"],
 )

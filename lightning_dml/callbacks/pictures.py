@@ -237,9 +237,8 @@ class RetrievalPictures(L.Callback):
 
 def display_normalisation(datamodule: L.LightningDataModule) -> tuple[Sequence[float], Sequence[float]]:
     """The ``mean`` and ``std`` that map the data module's evaluation images back to [0, 1]."""
-    if getattr(datamodule, "raw_pixels", False):  # float pixel values in 0-255, not normalised
-        return (0.0,), (1 / 255,)
-    return getattr(datamodule, "mean", (0.0,)), getattr(datamodule, "std", (1.0,))
+    preprocessing = getattr(datamodule, "preprocessing", None)
+    return ((0.0,), (1.0,)) if preprocessing is None else preprocessing.display_normalisation()
 
 
 def to_hwc_uint8(image: Tensor) -> Any:

@@ -1,6 +1,7 @@
-"""Data layer: image sources, retrieval views, the class-balanced sampler and one data module per dataset."""
+"""Data layer: image sources, retrieval views, batch samplers, transforms and one data module per dataset."""
 
 from lightning_dml.data.base import ImageFiles, ImageSource, RetrievalDataset, TensorImages
+from lightning_dml.data.batches import ClassBalanced, ClassPairTriplets, RandomBatches, TrainingBatches
 from lightning_dml.data.benchmark import BenchmarkDataModule
 from lightning_dml.data.cars import Cars196
 from lightning_dml.data.cub import CUB200
@@ -14,6 +15,7 @@ from lightning_dml.data.pair_triplets import ClassPairTripletSampler
 from lightning_dml.data.sampler import ClassBalancedBatchSampler
 from lightning_dml.data.sop import StanfordOnlineProducts
 from lightning_dml.data.torchvision_sets import CIFAR10, CIFAR100, MNIST, FashionMNIST
+from lightning_dml.data.transforms import Preprocessing, Transforms
 
 __all__ = [
     "CIFAR10",
@@ -22,8 +24,10 @@ __all__ = [
     "MNIST",
     "BenchmarkDataModule",
     "Cars196",
+    "ClassBalanced",
     "ClassBalancedBatchSampler",
     "ClassPairTripletSampler",
+    "ClassPairTriplets",
     "Digits",
     "FashionMNIST",
     "ImageCSV",
@@ -32,8 +36,12 @@ __all__ = [
     "ImageFolder",
     "ImageSource",
     "InShop",
+    "Preprocessing",
+    "RandomBatches",
     "RetrievalDataModule",
     "RetrievalDataset",
     "StanfordOnlineProducts",
     "TensorImages",
+    "TrainingBatches",
+    "Transforms",
 ]

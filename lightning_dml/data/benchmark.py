@@ -1,20 +1,19 @@
-"""What the four zero-shot benchmarks share: annotation parsing, published counts, box crops, transforms."""
+"""What the four zero-shot benchmarks share: annotations, published counts, box crops, preprocessing."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
-from torchvision.transforms import v2
 
 from lightning_dml.data.base import ImageFiles, RetrievalDataset, check_files_exist
-from lightning_dml.data.folder import IMAGENET_MEAN, IMAGENET_STD
 from lightning_dml.data.image_files import ImageFileDataModule
+from lightning_dml.data.transforms import IMAGE_FILES
 from lightning_dml.errors import DataError
 
 Row = tuple[int, list[str]]
@@ -54,35 +53,6 @@ def check_range(where: str, name: str, value: int, low: int, high: int) -> None:
             f"{where}: {name} {value} is outside {low}–{high}, the range of this file in the "
             "published dataset; restore the original annotation file"
         )
-
-
-def benchmark_transforms(
-    train: bool,
-    image_size: int,
-    resize_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    crop_scale: Sequence[float] = (0.08, 1.0),
-) -> Callable:
-    """Return the field's standard transforms, normalised by ``mean`` / ``std``.
-
-    Training: resize the shorter side to ``resize_size``, random resized crop to ``image_size`` (area
-    fraction in ``crop_scale``), horizontal flip. Evaluation: resize to ``resize_size``, centre crop.
-    """
-    crop = (
-        [v2.RandomResizedCrop(image_size, scale=tuple(crop_scale)), v2.RandomHorizontalFlip()]
-        if train
-        else [v2.CenterCrop(image_size)]
-    )
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(resize_size),
-            *crop,
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(mean), list(std)),
-        ]
-    )
 
 
 class BenchmarkImages(ImageFiles):
@@ -139,17 +109,13 @@ class BenchmarkDataModule(ImageFileDataModule):
 
     Subclasses set ``dataset_name``, ``layout`` (the expected tree, shown when the root is wrong),
     ``where_to_get``, ``published`` ((part, images, classes or ``None``) per part) and ``split_note``, and
-    implement :meth:`read`.
+    implement :meth:`read`. Preprocessing, the field's (``transforms`` changes it): training resizes the
+    shorter side to 256, takes a random resized crop of 224 and flips; evaluation resizes to 256 and takes the
+    centre crop; ImageNet normalisation (``transforms.image_size: 227`` for GoogLeNet-era recipes; set
+    ``transforms.normalization_from`` to the backbone's timm name so that mean and std are its own).
 
     Args:
         root: the dataset folder (or its parent).
-        image_size: side of the square crops (224; 227 for GoogLeNet-era recipes).
-        resize_size: shorter side images are resized to before cropping.
-        mean: normalisation mean; must equal the backbone's ``pretrained_cfg["mean"]`` (ImageNet's default).
-        std: normalisation standard deviation; must equal the backbone's ``pretrained_cfg["std"]``.
-        normalization_from: a timm model name whose ``pretrained_cfg`` gives mean and std (overriding
-            them); configs set it to the backbone's name by interpolation, so the two cannot disagree.
-        crop_scale: area fraction range of the training random resized crop.
         allow_partial: accept a copy whose counts differ from the published dataset (logged as partial).
         **kwargs: the :class:`ImageFileDataModule` arguments (``verify_images``, ``skip_corrupt``) and
             the :class:`RetrievalDataModule` ones.
@@ -160,40 +126,16 @@ class BenchmarkDataModule(ImageFileDataModule):
     where_to_get: str
     published: tuple[tuple[str, int, int | None], ...]
     split_note: str
+    default_preprocessing = replace(IMAGE_FILES, resize=256)
 
-    def __init__(
-        self,
-        root: str,
-        image_size: int = 224,
-        resize_size: int = 256,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        normalization_from: str | None = None,
-        crop_scale: Sequence[float] = (0.08, 1.0),
-        allow_partial: bool = False,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, root: str, allow_partial: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if self.protocol != "zero_shot":
+        if not self.protocol.zero_shot:
             raise DataError(
                 f"{self.dataset_name} defines only the zero-shot split; set protocol: zero_shot, or list "
                 "another split in a CSV for ImageCSV"
             )
         self.root = root
-        self.image_size = image_size
-        self.resize_size = resize_size
-        self.mean, self.std = tuple(mean), tuple(std)
-        if normalization_from is not None:
-            import timm  # deferred for start-up time
-
-            cfg = timm.get_pretrained_cfg(normalization_from)
-            if cfg is None:
-                raise DataError(
-                    f"normalization_from: timm has no pretrained config {normalization_from!r}; name a timm "
-                    "model (e.g. resnet50.tv_in1k) or set mean and std instead"
-                )
-            self.mean, self.std = tuple(cfg.mean), tuple(cfg.std)
-        self.crop_scale = tuple(crop_scale)
         self.allow_partial = allow_partial
         self.count_report = ""
 
@@ -261,19 +203,13 @@ class BenchmarkDataModule(ImageFileDataModule):
         self.count_report = f"PARTIAL COPY (allow_partial): {'; '.join(differences)}"
         rank_zero_warn(f"{self.dataset_name}: {self.count_report}")
 
-    def default_transforms(self, train: bool) -> Callable:
-        """Return :func:`benchmark_transforms` with this module's sizes and normalisation."""
-        return benchmark_transforms(
-            train, self.image_size, self.resize_size, self.mean, self.std, self.crop_scale
-        )
-
     def summary(self) -> str:
         """Return the split table, the standard split, the count check and the preprocessing."""
         lines = [
             super().summary(),
             f"{self.dataset_name} at {self.root}: {self.split_note}",
             self.count_report,
-            f"images: resize {self.resize_size}, crop {self.image_size}, mean {self.mean}, std {self.std}",
+            f"images: {self.preprocessing.describe()}",
         ]
         if self.test_set.is_query is not None:
             queries, gallery = int(self.test_set.is_query.sum()), int(self.test_set.is_gallery.sum())

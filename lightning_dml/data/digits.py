@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -10,6 +10,7 @@ from torchvision.transforms import v2
 
 from lightning_dml.data.base import RetrievalDataset, TensorImages
 from lightning_dml.data.datamodule import RetrievalDataModule
+from lightning_dml.data.transforms import Preprocessing
 
 
 class Digits(RetrievalDataModule):
@@ -20,9 +21,13 @@ class Digits(RetrievalDataModule):
     """
 
     num_channels = 1
-    image_size = 8
-    mean = (0.305,)
-    std = (0.376,)
+    #: augmentation: small random rotations, shifts and scalings (no flips: they change digits).
+    default_preprocessing = Preprocessing(
+        image_size=8,
+        mean=(0.305,),
+        std=(0.376,),
+        augmentation=(v2.RandomAffine(degrees=10, translate=(0.125, 0.125), scale=(0.9, 1.1)),),
+    )
 
     def __init__(
         self, train_classes: Sequence[int] = (0, 1, 2, 3, 4), test_fraction: float = 0.3, **kwargs: Any
@@ -30,10 +35,6 @@ class Digits(RetrievalDataModule):
         super().__init__(**kwargs)
         self.train_classes = list(train_classes)
         self.test_fraction = test_fraction
-
-    def train_augmentation(self) -> list[Callable]:
-        """Small random rotations, shifts and scalings (no flips: they change digits)."""
-        return [v2.RandomAffine(degrees=10, translate=(0.125, 0.125), scale=(0.9, 1.1))]
 
     def build(self) -> tuple[RetrievalDataset, RetrievalDataset]:
         """Load the digits (grey levels 0–16 scaled to 0–255) and split them by the protocol."""

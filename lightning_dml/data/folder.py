@@ -1,41 +1,18 @@
-"""Images in class folders (``root/<class_name>/<image>``), and the file datasets' default transforms."""
+"""Images in class folders (``root/<class_name>/<image>``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import torch
-from torchvision.transforms import v2
 
 from lightning_dml.data.base import ImageFiles, RetrievalDataset
 from lightning_dml.data.image_files import ImageFileDataModule
 from lightning_dml.data.splits import check_class_list, listed
+from lightning_dml.data.transforms import IMAGE_FILES
 from lightning_dml.errors import DataError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-def file_transforms(image_size: int, train: bool) -> Callable:
-    """Return ImageNet-style transforms to ``image_size`` squares, normalised with ImageNet mean/std.
-
-    Training: random resized crop and horizontal flip. Evaluation: resize the shorter side, then center crop.
-    """
-    if train:
-        geometry = [v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip()]
-    else:
-        geometry = [v2.Resize(image_size), v2.CenterCrop(image_size)]
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            *geometry,
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
 
 
 def scan_class_folders(root: Path, extensions: Sequence[str]) -> tuple[list[str], list[Path], list[int]]:
@@ -62,19 +39,21 @@ class ImageFolder(ImageFileDataModule):
 
     Zero-shot (default): the classes named in ``train_classes`` (default: the first half of the sorted names)
     for training, the others for testing. Closed set: all classes, ``test_fraction`` of each class's images
-    held out for testing.
+    held out for testing. Preprocessing (``transforms`` changes it): ImageNet-style, random resized crops of
+    224 and flips for training, the shorter side resized to 224 and the centre crop for evaluation, ImageNet
+    normalisation.
 
     Args:
         root: the folder holding one sub-folder per class.
         train_classes: class folder names used for training in the zero-shot protocol.
         extensions: file name endings counted as images (case-insensitive).
         test_fraction: fraction of each class's images held out for testing in the closed-set protocol.
-        image_size: side of the square images the default transforms produce.
         **kwargs: the :class:`ImageFileDataModule` arguments (``verify_images``, ``skip_corrupt``) and
             the :class:`RetrievalDataModule` ones.
     """
 
     num_channels = 3
+    default_preprocessing = IMAGE_FILES
 
     def __init__(
         self,
@@ -82,7 +61,6 @@ class ImageFolder(ImageFileDataModule):
         train_classes: Sequence[str] | None = None,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
         test_fraction: float = 0.3,
-        image_size: int = 224,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -90,12 +68,11 @@ class ImageFolder(ImageFileDataModule):
         self.train_classes = None if train_classes is None else list(train_classes)
         self.extensions = list(extensions)
         self.test_fraction = test_fraction
-        self.image_size = image_size
 
     def build(self) -> tuple[RetrievalDataset, RetrievalDataset]:
         """Scan the class folders and split the images by the protocol."""
         names, paths, labels = scan_class_folders(Path(self.root), self.extensions)
-        train_classes = self.train_class_ids(names) if self.protocol == "zero_shot" else []
+        train_classes = self.train_class_ids(names) if self.protocol.zero_shot else []
         return self.split_pool(ImageFiles(paths, labels), train_classes, self.test_fraction)
 
     def train_class_ids(self, names: list[str]) -> list[int]:
@@ -103,7 +80,3 @@ class ImageFolder(ImageFileDataModule):
         chosen = names[: len(names) // 2] if self.train_classes is None else self.train_classes
         check_class_list(f"train_classes (folders in {self.root})", chosen, names)
         return [names.index(name) for name in sorted(chosen)]
-
-    def default_transforms(self, train: bool) -> Callable:
-        """Return :func:`file_transforms` at ``image_size``."""
-        return file_transforms(self.image_size, train)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lightning_dml.data.base import ImageFiles, RetrievalDataset, check_files_exist
-from lightning_dml.data.folder import file_transforms
 from lightning_dml.data.image_files import ImageFileDataModule
+from lightning_dml.data.transforms import IMAGE_FILES
 from lightning_dml.errors import DataError
 
 REQUIRED_COLUMNS = ("path", "label", "split")
@@ -78,22 +77,22 @@ class ImageCSV(ImageFileDataModule):
     order). ``is_query`` / ``is_gallery`` (0/1/true/false; a missing column means all true) on the test rows
     select query-vs-gallery evaluation; without both columns the test set is evaluated leave-one-out. The
     protocol only decides whether train and test classes must be disjoint (zero-shot, checked at ``setup``).
+    Preprocessing as :class:`ImageFolder`'s (``transforms`` changes it).
 
     Args:
         path: the CSV file.
         root: folder that relative image paths start from; ``None`` means the CSV file's folder.
-        image_size: side of the square images the default transforms produce.
         **kwargs: the :class:`ImageFileDataModule` arguments (``verify_images``, ``skip_corrupt``) and
             the :class:`RetrievalDataModule` ones.
     """
 
     num_channels = 3
+    default_preprocessing = IMAGE_FILES
 
-    def __init__(self, path: str, root: str | None = None, image_size: int = 224, **kwargs: Any) -> None:
+    def __init__(self, path: str, root: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.path = path
         self.root = root
-        self.image_size = image_size
 
     def build(self) -> tuple[RetrievalDataset, RetrievalDataset]:
         """Read and check the CSV (every image file must exist) and split its rows by the split column."""
@@ -139,7 +138,3 @@ class ImageCSV(ImageFileDataModule):
             if not flag.any():
                 raise DataError(f"{csv_path}: no test row has {name} true; mark at least one")
         return flags[0], flags[1]
-
-    def default_transforms(self, train: bool) -> Callable:
-        """Return ImageNet-style transforms at ``image_size`` (see :func:`file_transforms`)."""
-        return file_transforms(self.image_size, train)

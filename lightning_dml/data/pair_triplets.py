@@ -43,7 +43,7 @@ class ClassPairTripletSampler(ShardedBatchSampler):
             small = classes[counts < 2 * triplets_per_batch].tolist()
             raise DataError(
                 f"b={triplets_per_batch} triplets per batch need 2b={2 * triplets_per_batch} images per "
-                f"class, but classes {small} have fewer; lower samples_per_class (b)"
+                f"class, but classes {small} have fewer; lower triplets_per_pair (b)"
             )
         generator = torch.Generator().manual_seed(seed)
         positions = [(labels == c).nonzero().flatten() for c in classes.tolist()]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 from lightning_dml.data.base import RetrievalDataset, TensorImages
 from lightning_dml.data.datamodule import RetrievalDataModule
 from lightning_dml.data.splits import first_half_of_classes, positions_of_classes
+from lightning_dml.data.transforms import Preprocessing
 from lightning_dml.errors import DataError
 
 
@@ -47,8 +48,6 @@ class TorchvisionDataModule(RetrievalDataModule):
     """
 
     dataset_class: type[VisionDataset]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
 
     def __init__(self, root: str = "data", download: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -58,7 +57,7 @@ class TorchvisionDataModule(RetrievalDataModule):
     def build(self) -> tuple[RetrievalDataset, RetrievalDataset]:
         """Load the training and test files once each and split them by the protocol."""
         train, test = self.load(train=True), self.load(train=False)
-        if self.protocol != "zero_shot":
+        if not self.protocol.zero_shot:
             return RetrievalDataset(train), RetrievalDataset(test)
         train_classes = first_half_of_classes(train.labels)
         return (
@@ -86,23 +85,19 @@ class TorchvisionDataModule(RetrievalDataModule):
             )
         return f"torchvision could not load {name} from {folder}: {error} (check those files or the network)"
 
-    def train_augmentation(self) -> list[Callable]:
-        """Return the random transforms applied to training images (uint8 tensors) before normalisation."""
-        raise NotImplementedError
-
 
 class MNIST(TorchvisionDataModule):
     """MNIST handwritten digits: 70,000 greyscale 28×28 images, 10 classes (zero-shot: 0–4 vs 5–9)."""
 
     dataset_class = datasets.MNIST
     num_channels = 1
-    image_size = 28
-    mean = (0.1307,)
-    std = (0.3081,)
-
-    def train_augmentation(self) -> list[Callable]:
-        """Small shifts and rotations; no flips, which would turn some digits into others."""
-        return [v2.RandomAffine(degrees=10, translate=(0.1, 0.1))]
+    #: augmentation: small shifts and rotations; no flips, which would turn some digits into others.
+    default_preprocessing = Preprocessing(
+        image_size=28,
+        mean=(0.1307,),
+        std=(0.3081,),
+        augmentation=(v2.RandomAffine(degrees=10, translate=(0.1, 0.1)),),
+    )
 
 
 class FashionMNIST(TorchvisionDataModule):
@@ -110,13 +105,13 @@ class FashionMNIST(TorchvisionDataModule):
 
     dataset_class = datasets.FashionMNIST
     num_channels = 1
-    image_size = 28
-    mean = (0.2860,)
-    std = (0.3530,)
-
-    def train_augmentation(self) -> list[Callable]:
-        """Small random crops (padding 2) and horizontal flips: clothes look alike mirrored."""
-        return [v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()]
+    #: augmentation: small random crops (padding 2) and horizontal flips: clothes look alike mirrored.
+    default_preprocessing = Preprocessing(
+        image_size=28,
+        mean=(0.2860,),
+        std=(0.3530,),
+        augmentation=(v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()),
+    )
 
 
 class CIFAR10(TorchvisionDataModule):
@@ -124,18 +119,19 @@ class CIFAR10(TorchvisionDataModule):
 
     dataset_class = datasets.CIFAR10
     num_channels = 3
-    image_size = 32
-    mean = (0.4914, 0.4822, 0.4465)
-    std = (0.2470, 0.2435, 0.2616)
-
-    def train_augmentation(self) -> list[Callable]:
-        """The usual CIFAR augmentation: random crop with padding 4 and horizontal flip."""
-        return [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
+    #: augmentation: the usual CIFAR one, random crop with padding 4 and horizontal flip.
+    default_preprocessing = Preprocessing(
+        image_size=32,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        augmentation=(v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()),
+    )
 
 
 class CIFAR100(CIFAR10):
     """CIFAR-100: 60,000 colour 32×32 images, 100 classes (zero-shot: 0–49 vs 50–99)."""
 
     dataset_class = datasets.CIFAR100
-    mean = (0.5071, 0.4865, 0.4409)
-    std = (0.2673, 0.2564, 0.2762)
+    default_preprocessing = replace(
+        CIFAR10.default_preprocessing, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)
+    )

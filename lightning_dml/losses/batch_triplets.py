@@ -20,7 +20,7 @@ class BatchTriplets(nn.Module):
     """A miner in pytorch-metric-learning's convention that returns the batch's own triplets by position:
     row ``i`` of the first third, row ``i`` of the second, row ``i`` of the last.
 
-    For the data module's ``class_pair_triplets`` samplers; with a PML triplet loss it trains on exactly the
+    For the data module's ``ClassPairTriplets`` sampler; with a PML triplet loss it trains on exactly the
     planned triplets, as the G-DML authors' Triplet-Network does. The batch must be one rank's own (set
     ``gather_across_ranks: false`` under DDP, since a gathered batch is several such layouts in a row).
     """
@@ -34,6 +34,6 @@ class BatchTriplets(nn.Module):
         if not bool((same & other).all()):
             raise DataError(
                 "BatchTriplets needs batches laid out as [anchors, positives, negatives]; set data "
-                "train_sampler: class_pair_triplets or shuffled_class_pair_triplets"
+                "sampler: lightning_dml.data.ClassPairTriplets"
             )
         return anchors, positives, negatives

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader
-from torchvision.transforms import v2
 
+from lightning_dml.data.batches import ClassPairTriplets
 from lightning_dml.data.datamodule import RetrievalDataModule
 from lightning_dml.data.fingerprint import dataset_fingerprint
+from lightning_dml.data.transforms import raw_pixel_transform
 from lightning_dml.errors import ConfigError, DataError
 from lightning_dml.losses import GeminiLoss, TargetDistanceLoss
 from lightning_dml.losses.batch_triplets import split_triplets
@@ -37,26 +37,26 @@ TARGETS_FILE = "targets.pt"
 TARGET_ACCURACY = "targets/1nn_accuracy"
 
 
-def raw_pixel_transform() -> Callable:
-    """Conversion to float pixel values in 0–255 (no scaling, no normalisation): the teacher's input."""
-    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=False)])
-
-
 def check_teacher_data(datamodule: RetrievalDataModule, num_streams: int, raw_pixels: bool) -> None:
     """Raise a one-line DataError unless the data module feeds the teacher what it trains on: one class per
-    stream, class-pair triplet batches, and pixels in the scale the teacher expects."""
+    stream, class-pair triplet batches (not shuffled), and pixels in the scale the teacher expects."""
     classes = datamodule.num_train_classes
     if classes != num_streams:
         raise DataError(
             f"the GEMINI teacher has {num_streams} streams but the training set has {classes} classes; set "
             f"model.init_args.num_streams: {classes}"
         )
-    if getattr(datamodule, "train_sampler", None) != "class_pair_triplets":
-        raise DataError("the GEMINI teacher trains on class-pair triplets; set data train_sampler")
-    if getattr(datamodule, "raw_pixels", False) != raw_pixels:
+    sampler = datamodule.sampler
+    if not isinstance(sampler, ClassPairTriplets) or sampler.shuffle:
+        raise DataError(
+            "the GEMINI teacher trains on class-pair triplets; set data sampler: "
+            "lightning_dml.data.ClassPairTriplets (shuffle: false)"
+        )
+    if datamodule.preprocessing.raw_pixels != raw_pixels:
         raise DataError(
             f"the teacher expects raw_pixels={raw_pixels} but the data module gives "
-            f"raw_pixels={datamodule.raw_pixels}; set the same value on both"
+            f"raw_pixels={datamodule.preprocessing.raw_pixels}; set the same value on both (data: "
+            "transforms.raw_pixels)"
         )
 
 
@@ -67,7 +67,7 @@ def training_set_targets(
     """The targets (N, d): every image of the data module's training set through the stream of its label,
     fed as the teacher was (0–255 pixels with ``raw_pixels``, else the data module's evaluation transform);
     row ``i`` is the training set's item ``i``."""
-    transform = raw_pixel_transform() if raw_pixels else datamodule.default_transforms(False)
+    transform = raw_pixel_transform(datamodule.preprocessing) if raw_pixels else datamodule.transform(False)
     train_set = datamodule.train_set
     view = train_set.select(torch.arange(len(train_set)), transform, contiguous_labels=True)
     device = next(network.parameters()).device
@@ -158,19 +158,19 @@ def teacher_targets(path: Path, datamodule: RetrievalDataModule) -> torch.Tensor
 class GeminiTeacher(RetrievalModule):
     """GEMINI: one stream per training class and a shared head, trained on class-pair triplets.
 
-    Needs the data module's ``train_sampler: class_pair_triplets`` (each batch: b anchors, b positives of
-    class i, b negatives of class j, so only streams i and j run) and the same ``raw_pixels`` (the paper's
-    0–255 scale) there (see :func:`check_teacher_data`). At the end of fit it writes the targets file into the
-    logger's run folder (``trainer.log_dir``) and logs ``targets/1nn_accuracy``, the leave-one-out 1-NN
-    accuracy of the targets (≈ 1 when the teacher works).
+    Needs the data module's ``sampler: ClassPairTriplets`` (not shuffled; each batch: b anchors, b positives
+    of class i, b negatives of class j, so only streams i and j run) and the same ``transforms.raw_pixels``
+    (the paper's 0–255 scale) there (see :func:`check_teacher_data`). At the end of fit it writes the targets
+    file into the logger's run folder (``trainer.log_dir``) and logs ``targets/1nn_accuracy``, the
+    leave-one-out 1-NN accuracy of the targets (≈ 1 when the teacher works).
 
     Evaluation (and prediction) is label-conditioned: GEMINI embeds an image only through its class's stream,
     so every evaluated image goes through the stream of its own label (:meth:`embed_batch`). Its metrics,
     logged under the usual names (``test/map@r``, ``val/recall@1``), are an oracle that shows the target space
-    the student is asked to learn (the gallery of ``closed_set_train_reference`` is exactly the targets), not
-    a retrieval result comparable with the student's or any method's, which never see the query's label. An
-    evaluation set holding classes the teacher has no stream for (zero-shot unseen classes) is refused at its
-    first batch with a one-line DataError: a stream of another class would give an arbitrary number.
+    the student is asked to learn (the gallery of ``test_gallery: training_images`` is exactly the targets),
+    not a retrieval result comparable with the student's or any method's, which never see the query's label.
+    An evaluation set holding classes the teacher has no stream for (zero-shot unseen classes) is refused at
+    its first batch with a one-line DataError: a stream of another class would give an arbitrary number.
     :meth:`embed` (plain images, as export and search call it) is refused too.
 
     Args:

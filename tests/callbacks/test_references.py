@@ -6,13 +6,12 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
 from lightning_dml.callbacks import RetrievalEvaluation
 from lightning_dml.callbacks.retrieval_evaluation import PIXEL_LIMIT
 from lightning_dml.callbacks.run_summary import references_table
 from lightning_dml.cli import DMLCLI
-from lightning_dml.data import Digits
+from lightning_dml.data import ClassBalanced, Digits, Transforms
 from lightning_dml.errors import ConfigError
 from lightning_dml.losses import BinomialDevianceLoss
 from lightning_dml.methods import MetricLearning
@@ -70,19 +69,21 @@ def hand_made_rows(initial: MetricLearning, data: Digits) -> dict[str, float]:
 
 
 @pytest.mark.parametrize(
-    "protocol, validation",
-    [("zero_shot", ["seen", "test"]), ("closed_set_train_reference", ["test"])],
+    "protocol, test_gallery, validation",
+    [("zero_shot", "test_images", ["seen", "test"]), ("closed_set", "training_images", ["test"])],
     ids=["leave-one-out", "query-vs-gallery"],
 )
 def test_reference_rows_equal_brute_force_on_the_initial_network_and_hand_centred_pixels(
-    protocol, validation, one_thread
+    protocol, test_gallery, validation, one_thread
 ):
-    data = Digits(validation=validation, protocol=protocol, classes_per_batch=4, samples_per_class=16)
+    data = Digits(
+        validation=validation, protocol=protocol, test_gallery=test_gallery, sampler=ClassBalanced(4, 16)
+    )
     evaluation, initial, _ = fit(data, limit_train_batches=2)
     expected = hand_made_rows(initial, data)
     assert set(evaluation.reference_metrics) == set(expected)
     assert evaluation.reference_metrics == pytest.approx(expected, abs=1e-6)
-    if protocol == "closed_set_train_reference":  # test queries among training images: a query/gallery set
+    if test_gallery == "training_images":  # test queries among training images: a query/gallery set
         assert len(data.val_sets["val"]) == 1797 and data.val_sets["val"].is_query.sum() < 1797
 
 
@@ -92,7 +93,7 @@ def test_training_is_bit_identical_with_and_without_reference_rows(sanity_steps,
     # numbers (each data loader iterator draws a seed) would change every later augmented batch.
     weights = []
     for references in ([], REFERENCES):
-        data = Digits(validation=["seen", "test"], classes_per_batch=4, samples_per_class=16)
+        data = Digits(validation=["seen", "test"], sampler=ClassBalanced(4, 16))
         evaluation, _, model = fit(data, references, max_epochs=2, num_sanity_val_steps=sanity_steps)
         assert bool(evaluation.reference_metrics) == bool(references)
         assert all(module.training for module in model.modules())  # training modes given back
@@ -103,8 +104,8 @@ def test_training_is_bit_identical_with_and_without_reference_rows(sanity_steps,
 
 
 def test_pixels_refuses_large_images_before_training(one_thread):
-    large = v2.Compose([v2.ToImage(), v2.Resize(72), v2.ToDtype(torch.float32, scale=True)])
-    data = Digits(validation=["seen"], eval_transform=large, classes_per_batch=4, samples_per_class=16)
+    large = Transforms(image_size=72, resize=72, crop="random")  # evaluation: resize to 72, centre crop 72
+    data = Digits(validation=["seen"], transforms=large, sampler=ClassBalanced(4, 16))
     assert PIXEL_LIMIT < 72 * 72
     with pytest.raises(
         ConfigError, match=r"^evaluation.references: pixels .* 5184 \(1×72×72\); remove pixels"
@@ -142,7 +143,7 @@ def evaluation_of(cli: DMLCLI) -> RetrievalEvaluation:
 
 
 def test_the_untrained_networks_readouts_equal_brute_force_on_its_layers_pooled_by_hand(one_thread):
-    data = Digits(validation=["seen"], classes_per_batch=4, samples_per_class=16)
+    data = Digits(validation=["seen"], sampler=ClassBalanced(4, 16))
     readouts = {"gap": Readout("backbone.blocks.1")}
     evaluation, initial, _ = fit(data, ["untrained"], readouts, limit_train_batches=2)
     (loader,) = data.val_dataloader()

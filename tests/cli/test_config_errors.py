@@ -42,8 +42,9 @@ def config(tmp_path: Path, text: str) -> str:
             "model.init_args: unknown option 'embeding_size'; did you mean 'embedding_size'?",
         ),
         (
-            ["--data.init_args.classes_per_bach", "4"],
-            "data.init_args: unknown option 'classes_per_bach'; did you mean 'classes_per_batch'?",
+            ["--data.init_args.sampler.init_args.classes_per_bach", "4"],
+            "data.init_args.sampler.init_args: unknown option 'classes_per_bach'; "
+            "did you mean 'classes_per_batch'?",
         ),
         (
             ["--model.init_args.loss.init_args.alph", "2"],

@@ -4,11 +4,9 @@ resumes after the last completed epoch."""
 import lightning as L
 import pytest
 import torch
-import yaml
 
 from lightning_dml.cli import DMLCLI
-from lightning_dml.data import Digits
-from tests.conftest import REPO
+from tests.conftest import data_module_of
 
 DIGITS_CONFIGS = ["quickstart", "deml/digits", "gdml/digits_teacher", "gdml/digits_student"]
 
@@ -48,7 +46,10 @@ def epoch_of(path) -> int:
     return torch.load(path, weights_only=True)["epoch"]
 
 
-PAIR_TRIPLETS = ["--data.init_args.train_sampler=class_pair_triplets", "--data.init_args.samples_per_class=8"]
+PAIR_TRIPLETS = [
+    "--data.init_args.sampler=lightning_dml.data.ClassPairTriplets",
+    "--data.init_args.sampler.init_args.triplets_per_pair=8",
+]
 
 
 @pytest.mark.parametrize("sampler", [[], PAIR_TRIPLETS], ids=["class_balanced", "class_pair_triplets"])
@@ -61,8 +62,7 @@ def test_every_epoch_trains_all_its_batches_and_is_validated(quick_args, sampler
 
 @pytest.mark.parametrize("config", DIGITS_CONFIGS)
 def test_each_digits_configs_training_loader_has_one_length_in_every_epoch(config):
-    options = yaml.safe_load((REPO / f"configs/{config}.yaml").read_text())["data"]["init_args"]
-    data = Digits(**options)
+    data = data_module_of(config)
     data.setup("fit")
     loader = data.train_dataloader()
     lengths = set()

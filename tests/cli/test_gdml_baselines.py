@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lightning_dml.cli import DMLCLI
+from lightning_dml.data import ClassPairTriplets, RandomBatches
 from lightning_dml.data.pair_triplets import ClassPairTripletSampler
 from lightning_dml.losses import BatchTriplets
 from tests.conftest import REPO
@@ -29,7 +30,7 @@ def recipe(cli: DMLCLI) -> dict:
         "clipping": (cli.trainer.gradient_clip_val, cli.trainer.gradient_clip_algorithm),
         "scheduler": (type(scheduler), scheduler.factor, scheduler.patience),
         "monitor": configured["lr_scheduler"]["monitor"],
-        "batches": (cli.datamodule.train_sampler, cli.datamodule.batch_size),
+        "batches": cli.datamodule.sampler,
         "epochs": cli.trainer.max_epochs,
         "output": (cli.model.head.embedding_size, cli.model.head.normalize),
     }
@@ -42,7 +43,7 @@ def test_each_baseline_trains_like_the_student_without_a_miner(dataset, loss):
     baseline_cli = built(f"baselines/{dataset}.yaml", f"baselines/{loss}.yaml")
     assert recipe(baseline_cli) == student
     assert student["optimizer"][1:] == (0.1, 0.0001) and student["clipping"] == (0.1, "value")
-    assert student["batches"][0] == "random" and student["output"] == (2, False)
+    assert isinstance(student["batches"], RandomBatches) and student["output"] == (2, False)
     assert baseline_cli.model.miner is None and type(baseline_cli.model.loss).__name__.lower().startswith(
         loss.split("_")[0][:5]
     )
@@ -54,8 +55,8 @@ def test_the_triplet_network_baseline_is_the_authors_recipe():
     # TripletNetwork_Fashion.py: SGD 0.1, weight decay 1e-4, clip 0.1, ReduceLROnPlateau(0.2, patience 3)
     assert baseline["optimizer"] == student["optimizer"] and baseline["clipping"] == student["clipping"]
     assert baseline["scheduler"][1:] == (0.2, 3) and baseline["output"] == (2, False)
-    assert cli.datamodule.train_sampler == "shuffled_class_pair_triplets"
-    assert cli.datamodule.samples_per_class == 512 and isinstance(cli.model.miner, BatchTriplets)
+    assert cli.datamodule.sampler == ClassPairTriplets(triplets_per_pair=512, shuffle=True)
+    assert isinstance(cli.model.miner, BatchTriplets)
     loss = cli.model.loss
     assert loss.margin == 3.0 and not loss.distance.normalize_embeddings
 
@@ -70,7 +71,7 @@ def test_the_triplet_network_stack_trains_on_shuffled_class_pair_triplets(tmp_pa
             str(REPO / "configs/gdml/baselines/triplet_network.yaml"),
             "--data.class_path",
             "lightning_dml.data.Digits",
-            "--data.init_args.samples_per_class",
+            "--data.init_args.sampler.init_args.triplets_per_pair",
             "8",
             "--model.init_args.backbone.class_path",
             "lightning_dml.models.SmallCNN",

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from lightning_dml.cli import DMLCLI
-from lightning_dml.data import CUB200
+from lightning_dml.data import CUB200, Transforms
 from lightning_dml.data import cub as cub_module
 from lightning_dml.errors import DataError
 from tests.data.tree_builders import check_config_matches_backbone, cub_tree, recolour, spread, validate_args
@@ -85,7 +85,9 @@ def test_box_crop_keeps_the_white_half(tmp_path):
 
 def test_transforms_follow_the_given_size_and_normalisation(tmp_path):
     module = tiny(
-        tmp_path, crop_boxes=True, image_size=8, resize_size=10, mean=(0.5, 0.5, 0.5), std=(0.25,) * 3
+        tmp_path,
+        crop_boxes=True,
+        transforms=Transforms(image_size=8, resize=10, mean=(0.5, 0.5, 0.5), std=(0.25,) * 3),
     )
     module.setup()
     evaluated = module.test_set[0]["image"]

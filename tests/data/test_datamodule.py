@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from lightning_dml.data import Digits, RetrievalDataset
+from lightning_dml.data import ClassBalanced, Digits, RetrievalDataset
 from lightning_dml.errors import DataError
 
 # images per digit, straight from scikit-learn (the independent reference for every count below)
@@ -137,7 +137,7 @@ def test_num_train_classes_sets_up_on_first_use():
 
 
 def test_loaders_give_class_balanced_training_batches_and_ordered_evaluation_batches():
-    module = Digits(validation=["test"], classes_per_batch=4, samples_per_class=3, eval_batch_size=100)
+    module = Digits(validation=["test"], sampler=ClassBalanced(4, 3), eval_batch_size=100)
     module.setup()
     batch = next(iter(module.train_dataloader()))
     assert batch["image"].shape == (12, 1, 8, 8) and batch["image"].dtype == torch.float32

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from lightning_dml.data import ImageFolder
-from lightning_dml.data.folder import IMAGENET_MEAN, IMAGENET_STD, file_transforms
+from lightning_dml.data.transforms import IMAGE_FILES, IMAGENET_MEAN, IMAGENET_STD, Transforms
 from lightning_dml.errors import DataError
 
 
@@ -66,29 +66,37 @@ def test_extensions_filter_files_and_subfolders_count(tmp_path):
 def test_items_have_image_size_and_contiguous_labels(tmp_path):
     write_tree(tmp_path, CLASSES)
     module = ImageFolder(
-        root=str(tmp_path), train_classes=["b_dog", "d_fox"], image_size=16, validation=["test"]
+        root=str(tmp_path),
+        train_classes=["b_dog", "d_fox"],
+        transforms=Transforms(image_size=16),
+        validation=["test"],
     )
     module.setup()
     item = module.train_set[5]
     assert item["image"].shape == (3, 16, 16) and item["image"].dtype == torch.float32
     assert module.train_set.class_ids.unique().tolist() == [1, 3]
     assert module.train_set.labels.unique().tolist() == [0, 1] and item["label"] == 1
-    assert module.num_channels == 3 and module.image_size == 16
+    assert module.num_channels == 3 and module.preprocessing.image_size == 16
+
+
+def file_transform(image_size: int, train: bool):
+    """The image-file datasets' default transform at ``image_size``."""
+    return Transforms(image_size=image_size).resolve(IMAGE_FILES).transform(train)
 
 
 def test_eval_transform_normalises_with_imagenet_statistics(tmp_path):
     path = write_image(tmp_path / "x.png", (255, 128, 0), size=(30, 18))
-    image = file_transforms(8, train=False)(Image.open(path))
+    image = file_transform(8, train=False)(Image.open(path))
     expected = [(v / 255 - m) / s for v, m, s in zip((255, 128, 0), IMAGENET_MEAN, IMAGENET_STD, strict=True)]
     assert image.shape == (3, 8, 8)
     torch.testing.assert_close(image, torch.tensor(expected).view(3, 1, 1).expand(3, 8, 8))
-    assert file_transforms(8, train=True)(Image.open(path)).shape == (3, 8, 8)
+    assert file_transform(8, train=True)(Image.open(path)).shape == (3, 8, 8)
 
 
 def test_eval_transform_keeps_the_centre(tmp_path):
     image = Image.new("RGB", (80, 20), (0, 0, 0))
     image.paste((255, 255, 255), (30, 0, 50, 20))  # a white band over the middle quarter
-    cropped = file_transforms(10, train=False)(image)
+    cropped = file_transform(10, train=False)(image)
     assert cropped.shape == (3, 10, 10)
     assert (cropped[0] > 1).all()  # only the white band (edges softened by resizing) survives the crop
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_dml.data import ImageCSV
+from lightning_dml.data import ImageCSV, Transforms
 from lightning_dml.errors import DataError
 
 
@@ -61,7 +61,7 @@ def test_string_labels_get_ids_in_sorted_order(tmp_path):
 
 def test_setup_gives_contiguous_training_labels_and_image_size(tmp_path):
     csv = write_csv(tmp_path / "list.csv", "path,label,split", ROWS, images=tmp_path)
-    module = ImageCSV(path=csv, image_size=8, validation=["test"])
+    module = ImageCSV(path=csv, transforms=Transforms(image_size=8), validation=["test"])
     module.setup()
     assert module.train_set.labels.tolist() == [0, 0, 1, 1]
     item = module.test_set[2]
@@ -77,7 +77,7 @@ def test_query_and_gallery_columns_mark_the_test_roles(tmp_path):
         "d/0.jpg,9,test,true,1",
     ]
     csv = write_csv(tmp_path / "list.csv", "path,label,split,is_query,is_gallery", rows, images=tmp_path)
-    module = ImageCSV(path=csv, validation=["test"], image_size=8)
+    module = ImageCSV(path=csv, validation=["test"], transforms=Transforms(image_size=8))
     module.setup()
     assert module.test_set.is_query.tolist() == [True, False, True]
     assert module.test_set.is_gallery.tolist() == [False, True, True]

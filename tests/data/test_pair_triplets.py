@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from lightning_dml.data import ClassPairTripletSampler, Digits
+from lightning_dml.data import ClassPairTriplets, ClassPairTripletSampler, Digits, Transforms
 from lightning_dml.errors import DataError
 
 LABELS = torch.tensor([0] * 9 + [1] * 7 + [2] * 8 + [3] * 10)[
@@ -60,9 +60,7 @@ def test_classes_smaller_than_2b_are_refused():
 
 
 def test_data_module_builds_the_chosen_sampler_with_b_triplets():
-    module = Digits(
-        protocol="closed_set", validation=[], train_sampler="class_pair_triplets", samples_per_class=5
-    )
+    module = Digits(protocol="closed_set", validation=[], sampler=ClassPairTriplets(triplets_per_pair=5))
     module.setup()
     loader = module.train_dataloader()
     assert isinstance(loader.batch_sampler, ClassPairTripletSampler)
@@ -70,12 +68,17 @@ def test_data_module_builds_the_chosen_sampler_with_b_triplets():
 
 
 def test_train_reference_protocol_searches_test_images_among_training_images():
-    module = Digits(protocol="closed_set_train_reference", validation=["test"], augment=False)
+    module = Digits(
+        protocol="closed_set",
+        test_gallery="training_images",
+        validation=["test"],
+        transforms=Transforms(augment=False),
+    )
     module.setup()
     closed = Digits(protocol="closed_set", validation=[])
     closed.setup()
     evaluation = module.test_set
-    assert module.val_sets["val"] is evaluation and "closed_set_train_reference" in module.summary()
+    assert module.val_sets["val"] is evaluation and "searched among the training images" in module.summary()
     assert int(evaluation.is_query.sum()) == len(closed.test_set)
     assert int(evaluation.is_gallery.sum()) == len(closed.train_set)
     assert bool((evaluation.is_query ^ evaluation.is_gallery).all())
@@ -86,12 +89,14 @@ def test_train_reference_protocol_searches_test_images_among_training_images():
     first_reference = int(evaluation.is_query.sum())
     torch.testing.assert_close(
         evaluation[first_reference]["image"],
-        closed.default_transforms(False)(closed.train_set.source.load(int(closed.train_set.indices[0]))),
+        closed.transform(train=False)(closed.train_set.source.load(int(closed.train_set.indices[0]))),
     )
 
 
 def test_raw_pixels_give_unscaled_values_and_augment_false_keeps_images_fixed():
-    module = Digits(protocol="closed_set", validation=[], raw_pixels=True, augment=False)
+    module = Digits(
+        protocol="closed_set", validation=[], transforms=Transforms(raw_pixels=True, augment=False)
+    )
     module.setup()
     image = module.train_set[0]["image"]
     source = module.train_set.source.load(int(module.train_set.indices[0]))
@@ -130,8 +135,7 @@ def test_data_module_builds_shuffled_class_pair_triplets():
     module = Digits(
         protocol="closed_set",
         validation=[],
-        train_sampler="shuffled_class_pair_triplets",
-        samples_per_class=5,
+        sampler=ClassPairTriplets(triplets_per_pair=5, shuffle=True),
     )
     module.setup()
     sampler = module.train_dataloader().batch_sampler

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_dml.data import Digits
+from lightning_dml.data import Digits, RandomBatches
 from lightning_dml.data.sampler import ClassBalancedBatchSampler, ShuffledBatchSampler, most_batches
 from lightning_dml.errors import DataError
 
@@ -207,7 +207,7 @@ def test_shuffled_batch_size_larger_than_the_set_is_refused():
 
 
 def test_the_random_sampler_of_the_data_module_mixes_classes_in_batches_of_batch_size():
-    module = Digits(protocol="closed_set", validation=[], train_sampler="random", batch_size=50)
+    module = Digits(protocol="closed_set", validation=[], sampler=RandomBatches(batch_size=50))
     module.setup("fit")
     loader = module.train_dataloader()
     assert isinstance(loader.batch_sampler, ShuffledBatchSampler)

@@ -4,7 +4,7 @@ choice the protocol cannot offer, and (for ``fit``) a training set that cannot f
 
 import pytest
 
-from lightning_dml.data import Digits, RetrievalDataset
+from lightning_dml.data import ClassBalanced, ClassPairTriplets, Digits, RandomBatches, RetrievalDataset
 from lightning_dml.errors import DataError
 
 UNSEEN_IN_CLOSED_SET = (
@@ -55,8 +55,8 @@ UNSEEN_IN_CLOSED_SET = (
         ),
         ({"protocol": "closed_set", "validation": ["unseen"]}, UNSEEN_IN_CLOSED_SET.format("closed_set")),
         (
-            {"protocol": "closed_set_train_reference", "validation": ["seen", "unseen"]},
-            UNSEEN_IN_CLOSED_SET.format("closed_set_train_reference"),
+            {"protocol": "closed_set", "test_gallery": "training_images", "validation": ["seen", "unseen"]},
+            UNSEEN_IN_CLOSED_SET.format("closed_set"),
         ),
     ],
 )
@@ -84,17 +84,23 @@ def test_setup_refuses_queries_without_a_gallery_image_of_their_class():
     ("options", "message"),
     [
         (
-            {"train_classes": [3], "classes_per_batch": 1},
+            {"train_classes": [3], "sampler": ClassBalanced(classes_per_batch=1)},
             r"^the training set holds 1 class; metric learning needs at least 2: train on more classes "
             r"\(train_classes, val_classes\)$",
         ),
-        ({"train_classes": [3], "train_sampler": "class_pair_triplets"}, r"^the training set holds 1 class;"),
         (
-            {"classes_per_batch": 1},
+            {"train_classes": [3], "sampler": ClassPairTriplets(triplets_per_pair=4)},
+            r"^the training set holds 1 class;",
+        ),
+        (
+            {"sampler": ClassBalanced(classes_per_batch=1)},
             r"^classes_per_batch=1, but class-balanced batches need 2 to 5 classes \(the training set's\); "
             r"set classes_per_batch between 2 and 5$",
         ),
-        ({"classes_per_batch": 6}, r"^classes_per_batch=6, but class-balanced batches need 2 to 5 classes"),
+        (
+            {"sampler": ClassBalanced(classes_per_batch=6)},
+            r"^classes_per_batch=6, but class-balanced batches need 2 to 5 classes",
+        ),
     ],
 )
 def test_fit_refuses_a_training_set_without_negatives_in_its_batches(options, message):
@@ -102,3 +108,22 @@ def test_fit_refuses_a_training_set_without_negatives_in_its_batches(options, me
     module.setup("validate")  # evaluating alone works
     with pytest.raises(DataError, match=message):
         module.setup("fit")
+
+
+def test_a_training_images_gallery_needs_the_closed_set():
+    with pytest.raises(DataError, match=r"^test_gallery: training_images .*; set protocol: closed_set or"):
+        Digits(test_gallery="training_images")
+
+
+@pytest.mark.parametrize(
+    ("sampler", "kept"),
+    [
+        (ClassBalanced(samples_per_class=30), 30),
+        (ClassPairTriplets(triplets_per_pair=20), 40),
+        (RandomBatches(), 1),
+    ],
+)
+def test_the_seen_hold_out_leaves_each_class_the_images_its_sampler_needs(sampler, kept):
+    module = Digits(validation=["seen"], val_images=1.0, sampler=sampler)
+    module.setup()
+    assert module.train_set.class_ids.bincount()[:5].tolist() == [kept] * 5

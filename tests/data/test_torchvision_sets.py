@@ -37,7 +37,9 @@ def test_fashion_items_are_normalised_1x28x28_float_images(fashion):
     raw = fashion.test_set.source.load(int(fashion.test_set.indices[3]))
     assert raw.shape == (1, 28, 28) and raw.dtype == torch.uint8
     item = fashion.test_set[3]
-    expected = (raw.float() / 255 - FashionMNIST.mean[0]) / FashionMNIST.std[0]
+    expected = (
+        raw.float() / 255 - FashionMNIST.default_preprocessing.mean[0]
+    ) / FashionMNIST.default_preprocessing.std[0]
     assert item["image"].shape == (1, 28, 28) and item["image"].dtype == torch.float32
     torch.testing.assert_close(item["image"], expected)
     assert item["label"] == int(fashion.test_set.class_ids[3]) and item["index"] == 3
@@ -49,8 +51,8 @@ def test_fashion_normalisation_constants_match_the_training_pixels(fashion):
     levels = torch.arange(256, dtype=torch.float64) / 255
     mean = (counts * levels).sum() / counts.sum()
     std = ((counts * (levels - mean) ** 2).sum() / counts.sum()).sqrt()
-    assert mean.item() == pytest.approx(FashionMNIST.mean[0], abs=1e-3)
-    assert std.item() == pytest.approx(FashionMNIST.std[0], abs=1e-3)
+    assert mean.item() == pytest.approx(FashionMNIST.default_preprocessing.mean[0], abs=1e-3)
+    assert std.item() == pytest.approx(FashionMNIST.default_preprocessing.std[0], abs=1e-3)
 
 
 def test_fashion_closed_set_uses_all_classes_of_both_files():
@@ -157,18 +159,16 @@ def test_missing_files_are_listed_but_present_ones_are_not(tmp_path):
 
 def test_default_transforms_flip_clothes_and_cifar_but_not_digits():
     def flips(module) -> bool:
-        return any(
-            isinstance(t, v2.RandomHorizontalFlip) for t in module.default_transforms(train=True).transforms
-        )
+        return any(isinstance(t, v2.RandomHorizontalFlip) for t in module.transform(train=True).transforms)
 
     assert not flips(MNIST()) and flips(FashionMNIST()) and flips(CIFAR10()) and flips(CIFAR100())
-    crops = [t for t in CIFAR10().default_transforms(train=True).transforms if isinstance(t, v2.RandomCrop)]
+    crops = [t for t in CIFAR10().transform(train=True).transforms if isinstance(t, v2.RandomCrop)]
     assert len(crops) == 1 and crops[0].padding == [4, 4, 4, 4]
-    assert not any(isinstance(t, v2.RandomCrop) for t in CIFAR10().default_transforms(train=False).transforms)
+    assert not any(isinstance(t, v2.RandomCrop) for t in CIFAR10().transform(train=False).transforms)
 
 
 def test_module_attributes_describe_the_images():
-    assert (MNIST.num_channels, MNIST.image_size) == (1, 28)
-    assert (CIFAR100.num_channels, CIFAR100.image_size) == (3, 32)
+    assert (MNIST.num_channels, MNIST.default_preprocessing.image_size) == (1, 28)
+    assert (CIFAR100.num_channels, CIFAR100.default_preprocessing.image_size) == (3, 32)
     batch = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
-    assert CIFAR10().default_transforms(train=True)(batch).shape == (3, 32, 32)
+    assert CIFAR10().transform(train=True)(batch).shape == (3, 32, 32)

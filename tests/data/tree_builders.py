@@ -199,7 +199,7 @@ def validate_args(config: str, tmp_path: Path) -> list[str]:
     return [
         *("--config", str(REPO / f"configs/{config}.yaml"), "--data.init_args.root", str(tmp_path / "data")),
         *("--data.init_args.allow_partial", "true", "--data.init_args.num_workers", "0"),
-        *("--data.init_args.image_size", "32", "--data.init_args.resize_size", "36"),
+        *("--data.init_args.transforms.image_size", "32", "--data.init_args.transforms.resize", "36"),
         *("--model.init_args.backbone.init_args.name", "test_resnet"),
         *("--model.init_args.backbone.init_args.pretrained", "false"),
         *("--trainer.accelerator", "cpu", "--trainer.precision", "32-true"),
@@ -220,5 +220,6 @@ def check_config_matches_backbone(config: str) -> None:
     cli = DMLCLI(args=["--config", str(REPO / f"configs/{config}.yaml"), *offline], run=False)
     data, model = cli.datamodule, cli.model
     cfg = timm.get_pretrained_cfg(model.hparams["backbone"]["init_args"]["name"]).to_dict()
-    assert data.mean == cfg["mean"] and data.std == cfg["std"]
-    assert data.image_size == cfg["input_size"][-1] and model.hparams["embedding_size"] == 512
+    preprocessing = data.preprocessing
+    assert preprocessing.mean == cfg["mean"] and preprocessing.std == cfg["std"]
+    assert preprocessing.image_size == cfg["input_size"][-1] and model.hparams["embedding_size"] == 512

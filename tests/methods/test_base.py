@@ -11,7 +11,7 @@ import torch
 from pytorch_metric_learning.losses import ContrastiveLoss
 
 from lightning_dml.callbacks import LatestAndBestCheckpoint
-from lightning_dml.data import Digits
+from lightning_dml.data import ClassBalanced, Digits
 from lightning_dml.errors import TrainingError
 from lightning_dml.methods import MetricLearning
 from lightning_dml.models import SmallCNN
@@ -45,7 +45,7 @@ def fit(module: MetricLearning, tmp_path, epochs: int, ckpt_path: str | None = N
         default_root_dir=tmp_path,
         **kwargs,
     )
-    trainer.fit(module, Digits(validation=[], classes_per_batch=2, samples_per_class=4), ckpt_path=ckpt_path)
+    trainer.fit(module, Digits(validation=[], sampler=ClassBalanced(2, 4)), ckpt_path=ckpt_path)
     return trainer
 
 

@@ -156,8 +156,9 @@ def test_cub_config_is_the_release_recipe(tmp_path: Path) -> None:
         [(1e-5, 2e-4), (2e-5, 0.0), (1e-4, 2e-4), (2e-4, 0.0)]
     )
     assert optimizer["lr_scheduler"]["scheduler"].milestones == {15000: 1}
-    assert (data.classes_per_batch, data.samples_per_class, data.image_size) == (13, 2, 227)
-    assert data.train_transform(torch.zeros(3, 300, 400, dtype=torch.uint8)).shape == (3, 227, 227)
+    assert (data.sampler.classes_per_batch, data.sampler.samples_per_class) == (13, 2)
+    assert data.preprocessing.image_size == 227
+    assert data.transform(train=True)(torch.zeros(3, 300, 400, dtype=torch.uint8)).shape == (3, 227, 227)
     assert data.validation == ["unseen"]  # model selection on held-out training classes, not the test set
 
 
@@ -170,7 +171,7 @@ def test_u512_cub_overlay_is_the_release_u512_recipe(tmp_path: Path) -> None:
     assert not network.object_attention and not network.streams[0].attentions
     assert model.adversary.kind == "none" and not model.auxiliary
     assert (model.loss.alpha, model.loss.beta, model.loss.negative_cost) == (2.0, 0.5, 25.0)
-    assert (data.classes_per_batch, data.samples_per_class) == (65, 2)
+    assert (data.sampler.classes_per_batch, data.sampler.samples_per_class) == (65, 2)
     assert trainer.max_steps == 5000 and trainer.num_devices == 1
     optimizer = model.configure_optimizers()
     groups = optimizer["optimizer"].param_groups  # base_lr 1e-5; embedding lr_mult 10; biases 2, no decay

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_dml.callbacks import RetrievalEvaluation
-from lightning_dml.data import Digits
+from lightning_dml.data import ClassPairTriplets, Digits, Transforms
 from lightning_dml.data.fingerprint import dataset_fingerprint
 from lightning_dml.errors import DataError
 from lightning_dml.methods import GeminiTeacher, GuidedStudent
@@ -30,7 +30,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def teacher_data(**kwargs) -> Digits:
     options = {"protocol": "closed_set", "validation": []} | kwargs
     return Digits(
-        train_sampler="class_pair_triplets", samples_per_class=4, raw_pixels=True, augment=False, **options
+        sampler=ClassPairTriplets(triplets_per_pair=4),
+        transforms=Transforms(raw_pixels=True, augment=False),
+        **options,
     )
 
 
@@ -81,7 +83,7 @@ def test_targets_file_round_trips_with_the_training_set_fingerprint(teacher_run)
 
 def test_student_refuses_targets_of_another_split(teacher_run, tmp_path):
     _, data, run = teacher_run
-    other = Digits(protocol="closed_set", validation=[], augment=False, seed=1)
+    other = Digits(protocol="closed_set", validation=[], transforms=Transforms(augment=False), seed=1)
     other.setup()
     with pytest.raises(DataError) as error:
         trainer(tmp_path).fit(student(str(Path(run.log_dir) / TARGETS_FILE)), datamodule=other)
@@ -95,7 +97,7 @@ def test_student_computes_the_targets_from_the_teacher_checkpoint_without_writin
     before = sorted(Path(run.log_dir).rglob("*"))
     checkpoint = next(Path(run.log_dir).glob("checkpoints/*.ckpt"))
     model = student(str(checkpoint))
-    data = Digits(protocol="closed_set", validation=[], augment=False)
+    data = Digits(protocol="closed_set", validation=[], transforms=Transforms(augment=False))
     trainer(tmp_path, limit_train_batches=2).fit(model, datamodule=data)
     torch.testing.assert_close(model.targets, saved_targets(run)["targets"])
     assert sorted(Path(run.log_dir).rglob("*")) == before  # nothing written beside the teacher's run
@@ -106,7 +108,7 @@ def test_the_hand_over_refuses_another_training_set_in_one_line(teacher_run, sou
     _, data, run = teacher_run
     path = Path(run.log_dir) / TARGETS_FILE
     path = path if source == "targets" else next(Path(run.log_dir).glob("checkpoints/*.ckpt"))
-    other = Digits(protocol="closed_set", validation=[], augment=False, seed=1)
+    other = Digits(protocol="closed_set", validation=[], transforms=Transforms(augment=False), seed=1)
     other.setup()
     with pytest.raises(DataError) as error:
         teacher_targets(path, other)
@@ -130,7 +132,7 @@ def test_the_hand_over_refuses_a_missing_file_and_a_file_of_another_kind_in_one_
 
 def test_teacher_refuses_a_data_module_without_class_pair_triplets(tmp_path):
     model = GeminiTeacher(10, image_size=8, padding=2)
-    data = Digits(protocol="closed_set", validation=[], raw_pixels=True)
+    data = Digits(protocol="closed_set", validation=[], transforms=Transforms(raw_pixels=True))
     with pytest.raises(DataError, match="class-pair triplets"):
         trainer(tmp_path).fit(model, datamodule=data)
 
@@ -138,7 +140,7 @@ def test_teacher_refuses_a_data_module_without_class_pair_triplets(tmp_path):
 def test_the_teacher_is_tested_label_conditioned_its_gallery_being_its_targets(teacher_run, tmp_path):
     model, _, run = teacher_run
     evaluation = RetrievalEvaluation(metric="euclidean", clustering=False)
-    data = teacher_data(protocol="closed_set_train_reference")
+    data = teacher_data(test_gallery="training_images")
     checkpoint = next(Path(run.log_dir).glob("checkpoints/*.ckpt"))
     tester = trainer(tmp_path, callbacks=[evaluation])
     tester.test(model, datamodule=data, ckpt_path=checkpoint, weights_only=True, verbose=False)

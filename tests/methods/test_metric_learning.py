@@ -7,7 +7,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from pytorch_metric_learning.losses import MarginLoss, MultiSimilarityLoss
 from torch import nn
 
-from lightning_dml.data import Digits
+from lightning_dml.data import ClassBalanced, Digits
 from lightning_dml.errors import TrainingError
 from lightning_dml.methods import MetricLearning
 from lightning_dml.models import SmallCNN
@@ -24,7 +24,7 @@ def test_parameter_groups_carry_their_own_learning_rates():
 def test_training_lowers_the_loss_on_digits():
     torch.manual_seed(0)
     model = MetricLearning(SmallCNN(widths=[16, 32]), MultiSimilarityLoss(), embedding_size=16)
-    data = Digits(validation=[], classes_per_batch=5, samples_per_class=8)
+    data = Digits(validation=[], sampler=ClassBalanced(5, 8))
     data.setup()
     batch = next(iter(data.train_dataloader()))
     before = model.training_loss(batch).item()
@@ -53,7 +53,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
     trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, callbacks=[checkpoint])
     with pytest.raises(TrainingError, match=r"at step 3 .*--ckpt_path .*last\.ckpt"):
-        trainer.fit(model, Digits(validation=[], classes_per_batch=2, samples_per_class=4))
+        trainer.fit(model, Digits(validation=[], sampler=ClassBalanced(2, 4)))
     last = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert last["global_step"] == 3
     assert all(

@@ -1,0 +1,164 @@
+"""Image transforms: one recipe per data module, from the dataset's defaults and the config's ``transforms``.
+
+Every transform is ``ToImage`` → geometry → float → normalisation. The geometry depends on whether the
+recipe crops: small in-memory images (digits, MNIST, CIFAR) are not cropped and, for training, take the
+dataset's own augmentation; image files are resized and cropped to ``image_size`` (a random crop and a
+horizontal flip for training, the centre crop for evaluation). ``raw_pixels`` replaces scaling and
+normalisation by float pixel values in 0–255 (the GEMINI teacher's input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+from torchvision.transforms import v2
+
+from lightning_dml.errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Crop = Literal["random_resized", "random"]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """A data module's image transforms with every value decided (see :meth:`transform`).
+
+    Args:
+        image_size: side of the square crops (with ``crop``); otherwise the images' own size.
+        mean: normalisation mean, one value per channel (or one for all).
+        std: normalisation standard deviation, one value per channel (or one for all).
+        resize: size images are resized to before cropping (the shorter side if one number, ``(h, w)`` if
+            two); ``None``: training crops from the original image, evaluation resizes the shorter side to
+            ``image_size``. Used only with ``crop``.
+        crop: the training crop to ``image_size``: ``random_resized`` (a random area fraction in
+            ``crop_scale``, resized) or ``random`` (a plain window); ``None``: images are not cropped.
+        crop_scale: area fraction range of the ``random_resized`` crop.
+        augmentation: the dataset's training augmentation of uncropped images, applied to the uint8 image.
+        augment: augment training images; ``False``: they get the evaluation transform.
+        raw_pixels: float pixel values in 0–255, neither scaled nor normalised, instead of normalised ones.
+    """
+
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: int | tuple[int, int] | None = None
+    crop: Crop | None = None
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    augmentation: tuple[Callable, ...] = ()
+    augment: bool = True
+    raw_pixels: bool = False
+
+    def transform(self, train: bool) -> v2.Compose:
+        """Return the training (``train``) or evaluation transform: ``ToImage`` → geometry → float.
+
+        Geometry without ``crop``: the dataset's ``augmentation`` when training and ``augment``, else none.
+        With ``crop``, training (and ``augment``): resize (if ``resize``), the random crop, a horizontal flip;
+        evaluation: resize (to ``resize``, else the shorter side to ``image_size``), the centre crop.
+        """
+        augmenting = train and self.augment
+        if self.crop is None:
+            geometry = list(self.augmentation) if augmenting else []
+        elif augmenting:
+            crop = (
+                v2.RandomResizedCrop(self.image_size, scale=self.crop_scale)
+                if self.crop == "random_resized"
+                else v2.RandomCrop(self.image_size)
+            )
+            resize = [] if self.resize is None else [v2.Resize(self.resize)]
+            geometry = [*resize, crop, v2.RandomHorizontalFlip()]
+        else:
+            resize = self.image_size if self.resize is None else self.resize
+            geometry = [v2.Resize(resize), v2.CenterCrop(self.image_size)]
+        scaling = (
+            [v2.ToDtype(torch.float32, scale=False)]
+            if self.raw_pixels
+            else [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(self.mean), list(self.std))]
+        )
+        return v2.Compose([v2.ToImage(), *geometry, *scaling])
+
+    def display_normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Return the ``(mean, std)`` that map the transformed images back to [0, 1] (``x * std + mean``)."""
+        if self.raw_pixels:
+            return (0.0,), (1 / 255,)
+        return self.mean, self.std
+
+    def describe(self) -> str:
+        """Return the recipe in one line: resizing and cropping (if any), then the pixel scale."""
+        geometry = (
+            f"resize {self.resize or 'none'}, crop {self.image_size} ({self.crop}), "
+            if self.crop is not None
+            else f"{self.image_size} px, "
+        )
+        pixels = "raw 0–255 pixels" if self.raw_pixels else f"mean {self.mean}, std {self.std}"
+        return f"{geometry}{pixels}{'' if self.augment else ', no augmentation'}"
+
+
+def raw_pixel_transform(preprocessing: Preprocessing) -> v2.Compose:
+    """Return the evaluation transform of ``preprocessing`` with raw 0–255 pixels (the GEMINI teacher's
+    input, whatever the data module feeds its own model)."""
+    return replace(preprocessing, raw_pixels=True).transform(train=False)
+
+
+def timm_normalization(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Return ``(mean, std)`` of a timm model's ``pretrained_cfg``; an unknown name raises a DataError."""
+    import timm  # deferred for start-up time
+
+    cfg = timm.get_pretrained_cfg(model_name)
+    if cfg is None:
+        raise DataError(
+            f"normalization_from: timm has no pretrained config {model_name!r}; name a timm model "
+            "(e.g. resnet50.tv_in1k) or set mean and std instead"
+        )
+    return tuple(cfg.mean), tuple(cfg.std)
+
+
+@dataclass(frozen=True)
+class Transforms:
+    """The ``transforms`` of a data module: changes to the dataset's :class:`Preprocessing` defaults.
+
+    Each value left ``None`` is the dataset's (its ``default_preprocessing``); see :class:`Preprocessing` for
+    what the values mean.
+
+    Args:
+        image_size: side of the square crops.
+        resize: size images are resized to before cropping (one number: the shorter side; two: ``[h, w]``).
+        crop: the training crop: ``random_resized`` or ``random``; setting it crops datasets that do not.
+        crop_scale: area fraction range of the ``random_resized`` crop.
+        mean: normalisation mean; must equal the backbone's ``pretrained_cfg["mean"]`` when there is one.
+        std: normalisation standard deviation; must equal the backbone's ``pretrained_cfg["std"]``.
+        normalization_from: a timm model name whose ``pretrained_cfg`` gives mean and std (overriding them);
+            configs set it to the backbone's name by interpolation, so the two cannot disagree.
+        augment: augment training images (the dataset's augmentation, or the random crop and flip).
+        raw_pixels: feed float pixel values in 0–255, without scaling or normalisation (the GEMINI teacher's
+            input scale).
+    """
+
+    image_size: int | None = None
+    resize: int | tuple[int, int] | None = None
+    crop: Crop | None = None
+    crop_scale: tuple[float, float] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    normalization_from: str | None = None
+    augment: bool = True
+    raw_pixels: bool = False
+
+    def resolve(self, defaults: Preprocessing) -> Preprocessing:
+        """Return ``defaults`` with this object's values in place of the dataset's."""
+        names = ("image_size", "resize", "crop", "crop_scale", "mean", "std")
+        given = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        changes = {
+            name: tuple(v) if isinstance(v, list) else v for name, v in given.items()
+        }  # lists from Python
+        if self.normalization_from is not None:
+            changes["mean"], changes["std"] = timm_normalization(self.normalization_from)
+        return replace(defaults, **changes, augment=self.augment, raw_pixels=self.raw_pixels)
+
+
+#: ImageNet-style image files: random resized crops to 224 px, ImageNet normalisation.
+IMAGE_FILES = Preprocessing(image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop="random_resized")
