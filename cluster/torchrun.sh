@@ -4,10 +4,13 @@
 # One machine, all its GPUs:
 #   bash cluster/torchrun.sh
 # Two machines: run on each, with the first one's address as the rendezvous endpoint:
-#   NNODES=2 RDZV_ENDPOINT=node0.example.org:29500 CONFIG=configs/sop.yaml bash cluster/torchrun.sh
+#   NNODES=2 RDZV_ENDPOINT=node0.example.org:29500 CONFIGS="configs/data/sop.yaml configs/resnet50_ms.yaml" bash cluster/torchrun.sh
 # Run from the repository root (configs/, data/ and runs/ are relative to it); extra arguments go to the CLI.
 set -euo pipefail
-CONFIG=${CONFIG:-configs/cub.yaml}
+# CONFIGS: the stacked configs, dataset first (word-split: paths without spaces)
+CONFIGS=${CONFIGS:-configs/data/cub.yaml configs/resnet50_ms.yaml}
+config_args=()
+for config in $CONFIGS configs/ddp.yaml; do config_args+=(--config "$config"); done
 NNODES=${NNODES:-1}
 GPUS_PER_NODE=${GPUS_PER_NODE:-$(python -c "import torch; print(torch.cuda.device_count())")}
 RDZV_ENDPOINT=${RDZV_ENDPOINT:-localhost:29500}
@@ -21,8 +24,7 @@ exec torchrun \
   --rdzv-id "$RDZV_ID" \
   --no-python \
   lightning-dml fit \
-  --config "$CONFIG" \
-  --config configs/ddp.yaml \
+  "${config_args[@]}" \
   --trainer.num_nodes "$NNODES" \
   --trainer.devices "$GPUS_PER_NODE" \
   "$@"

@@ -257,7 +257,14 @@ def test_cluster_script_arguments_are_accepted_by_the_cli(
 ):
     env = env | {"SLURM_SUBMIT_DIR": str(REPO)}
     arguments = launched_cli_arguments(script, launcher, env, tmp_path)
-    assert arguments[:3] == ["fit", "--config", "configs/cub.yaml"] and "configs/ddp.yaml" in arguments
+    assert arguments[:5] == [
+        "fit",
+        "--config",
+        "configs/data/cub.yaml",
+        "--config",
+        "configs/resnet50_ms.yaml",
+    ]
+    assert "configs/ddp.yaml" in arguments
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(sys, "argv", ["lightning-dml"])
     with pytest.raises(SystemExit) as exit_:
@@ -304,7 +311,7 @@ def assert_two_process_run(result: subprocess.CompletedProcess, runs: Path) -> N
 
 def test_torchrun_script_trains_with_two_processes(tmp_path):
     env = clean_environment() | {
-        "CONFIG": str(QUICKSTART),
+        "CONFIGS": str(QUICKSTART),
         "GPUS_PER_NODE": "2",
         "RDZV_ENDPOINT": f"localhost:{free_port()}",
         "RDZV_ID": tmp_path.name,
@@ -327,7 +334,7 @@ exit $status"""
 def test_sbatch_script_trains_with_two_slurm_tasks(tmp_path):
     env = fake_launcher(tmp_path / "bin", "srun", SRUN_STAND_IN)
     env |= {
-        "CONFIG": str(QUICKSTART),
+        "CONFIGS": str(QUICKSTART),
         "SLURM_SUBMIT_DIR": str(REPO),
         "SLURM_JOB_ID": "4242",
         "SLURM_JOB_NAME": "lightning-dml",

@@ -85,5 +85,7 @@ def test_a_checkpoint_of_a_run_rebuilds_its_model(tmp_path):
 def test_a_parameter_whose_default_is_none_keeps_its_meaning():
     margin = str(REPO / "configs/losses/margin.yaml")
     cli = built("--config", QUICKSTART, "--config", margin)
-    assert cli.model.hparams["loss"]["init_args"]["num_classes"] is None  # one β for all classes, as configured
+    assert (
+        cli.model.hparams["loss"]["init_args"]["num_classes"] is None
+    )  # one β for all classes, as configured
     assert cli.model.loss.beta.numel() == 1

@@ -194,10 +194,17 @@ def truncate_jpeg(path: Path) -> None:
 
 
 def validate_args(config: str, tmp_path: Path) -> list[str]:
-    """``lightning-dml validate`` arguments running ``configs/<config>.yaml`` in seconds on ``tmp_path/data``:
-    a tiny timm test network without pretrained weights, 32 px crops, the partial-copy allowance."""
+    """``lightning-dml validate`` arguments running ``configs/resnet50_ms.yaml`` on
+    ``configs/data/<config>.yaml`` in seconds on ``tmp_path/data``: a tiny timm test network without
+    pretrained weights, 32 px crops, the partial-copy allowance."""
     return [
-        *("--config", str(REPO / f"configs/{config}.yaml"), "--data.init_args.root", str(tmp_path / "data")),
+        *(
+            "--config",
+            str(REPO / f"configs/data/{config}.yaml"),
+            "--config",
+            str(REPO / "configs/resnet50_ms.yaml"),
+        ),
+        *("--data.init_args.root", str(tmp_path / "data")),
         *("--data.init_args.allow_partial", "true", "--data.init_args.num_workers", "0"),
         *("--data.init_args.transforms.image_size", "32", "--data.init_args.transforms.resize", "36"),
         *("--model.init_args.backbone.init_args.name", "test_resnet"),
@@ -213,11 +220,18 @@ def validate_args(config: str, tmp_path: Path) -> list[str]:
 
 
 def check_config_matches_backbone(config: str) -> None:
-    """Assert that a config's data normalisation and crop size are its timm backbone's ``pretrained_cfg``."""
+    """Assert that ``configs/resnet50_ms.yaml`` on a dataset config normalises and crops as its timm
+    backbone's ``pretrained_cfg`` says."""
     from lightning_dml.cli import DMLCLI
 
     offline = ["--model.init_args.backbone.init_args.pretrained", "false"]
-    cli = DMLCLI(args=["--config", str(REPO / f"configs/{config}.yaml"), *offline], run=False)
+    configs = [
+        "--config",
+        str(REPO / f"configs/data/{config}.yaml"),
+        "--config",
+        str(REPO / "configs/resnet50_ms.yaml"),
+    ]
+    cli = DMLCLI(args=[*configs, *offline], run=False)
     data, model = cli.datamodule, cli.model
     cfg = timm.get_pretrained_cfg(model.hparams["backbone"]["init_args"]["name"]).to_dict()
     preprocessing = data.preprocessing

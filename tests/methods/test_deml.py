@@ -131,13 +131,19 @@ def test_deml_fit_on_digits_through_the_cli(deml_digits_args: list[str], tmp_pat
 
 
 def offline_cub_cli(tmp_path: Path, *overlays: str) -> DMLCLI:
-    """configs/deml/cub.yaml with ``overlays``, built without running, on the CPU and without downloads."""
+    """configs/deml/release.yaml on configs/data/cub.yaml with ``overlays``, built without running, on the
+    CPU and without downloads."""
     offline = tmp_path / "offline.yaml"
     offline.write_text(
         "model:\n  init_args:\n    backbone:\n      init_args:\n        weights: null\n"
         "trainer:\n  accelerator: cpu\n  devices: 1\n  strategy: auto\n"
     )
-    configs = [str(REPO / "configs/deml/cub.yaml"), *(str(REPO / o) for o in overlays), str(offline)]
+    configs = [
+        str(REPO / "configs/data/cub.yaml"),
+        str(REPO / "configs/deml/release.yaml"),
+        *(str(REPO / o) for o in overlays),
+        str(offline),
+    ]
     args = [arg for config in configs for arg in ("--config", config)]
     return DMLCLI(args=[*args, "--trainer.logger.init_args.save_dir", str(tmp_path)], run=False)
 
