@@ -17,6 +17,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lightning_dml.callbacks.pictures import Pictures, picture_loggers
 from lightning_dml.errors import ConfigError, LightningDMLError
+from lightning_dml.inference.index import eval_mode
 from lightning_dml.metrics import (
     Ranking,
     classification_from_ranking,
@@ -25,7 +26,6 @@ from lightning_dml.metrics import (
     rank,
 )
 from lightning_dml.models.readouts import LayerReadouts, Readout
-from lightning_dml.retrieval.index import eval_mode
 from lightning_dml.seeds import run_seed
 
 Stage = Literal["validate", "test"]
@@ -151,8 +151,9 @@ class RetrievalEvaluation(L.Callback):
         std: Sequence[float] = (1.0,),
         title: str = "",
     ) -> dict[str, Any]:
-        """The ``pictures``' drawings of one evaluation set's de-duplicated ``outputs`` (see
-        ``Pictures.draw``), from this evaluation's ranking of the set; images from ``dataset``."""
+        """The ``pictures``' drawings (default ``Pictures()`` when ``None``) of one evaluation set's
+        de-duplicated ``outputs`` (see ``Pictures.draw``), from this evaluation's ranking of the set; images
+        from ``dataset``, de-normalised with ``mean`` and ``std``."""
         pictures = self.pictures or Pictures()
         return pictures.draw(outputs, self.rank(outputs, pictures.top_k), dataset, mean, std, title)
 
