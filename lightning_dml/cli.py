@@ -17,7 +17,6 @@ from lightning_dml.callbacks import (
     EmbeddingWriter,
     LatestAndBestCheckpoint,
     RetrievalEvaluation,
-    RetrievalPictures,
     RunSummary,
 )
 from lightning_dml.callbacks.run_summary import shared_log_directory
@@ -91,9 +90,9 @@ class KeyMetricProgressBar(RichProgressBar):
 class DMLCLI(LightningCLI):
     """LightningCLI with retrieval evaluation and checkpointing always on, and omegaconf interpolation.
 
-    Model and data are chosen by ``class_path`` (any ``RetrievalModule`` / ``RetrievalDataModule``). Four
-    sections are added: ``evaluation`` (the ``RetrievalEvaluation`` callback), ``pictures`` (the
-    ``RetrievalPictures`` callback; ``--pictures.every_n_epochs 0`` turns it off), ``checkpoint`` (a
+    Model and data are chosen by ``class_path`` (any ``RetrievalModule`` / ``RetrievalDataModule``). Three
+    sections are added: ``evaluation`` (the ``RetrievalEvaluation`` callback, which also draws the pictures;
+    ``--evaluation.pictures.every_n_epochs 0`` turns them off), ``checkpoint`` (a
     ``LatestAndBestCheckpoint`` keeping the best by ``val/map@r`` and the latest epoch as ``last.ckpt``)
     and ``prediction`` (the ``EmbeddingWriter``: ``predict`` writes ``embeddings.npz`` in the run folder). The
     resolved config is also logged to W&B when a ``WandbLogger`` is used, and a run summary is printed at
@@ -117,9 +116,8 @@ class DMLCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Add the evaluation, pictures, checkpoint and prediction sections and ``test_after_fit``."""
+        """Add the evaluation, checkpoint and prediction sections and ``test_after_fit``."""
         parser.add_lightning_class_args(RetrievalEvaluation, "evaluation")
-        parser.add_lightning_class_args(RetrievalPictures, "pictures")
         parser.add_lightning_class_args(LatestAndBestCheckpoint, "checkpoint")
         parser.add_lightning_class_args(EmbeddingWriter, "prediction")  # acts in predict only
         parser.set_defaults(

@@ -3,7 +3,7 @@
 from lightning_dml.callbacks.attention_maps import AttentionMaps
 from lightning_dml.callbacks.checkpoint import LatestAndBestCheckpoint
 from lightning_dml.callbacks.embedding_writer import EmbeddingWriter
-from lightning_dml.callbacks.pictures import RetrievalPictures
+from lightning_dml.callbacks.pictures import Pictures
 from lightning_dml.callbacks.retrieval_evaluation import RetrievalEvaluation
 from lightning_dml.callbacks.run_summary import RunSummary
 
@@ -11,7 +11,7 @@ __all__ = [
     "AttentionMaps",
     "EmbeddingWriter",
     "LatestAndBestCheckpoint",
+    "Pictures",
     "RetrievalEvaluation",
-    "RetrievalPictures",
     "RunSummary",
 ]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,10 +15,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning_dml.callbacks.retrieval_evaluation import gather, unique_by_index
 from lightning_dml.callbacks.run_summary import log_directory
 from lightning_dml.data.base import ImageFiles
-from lightning_dml.errors import ConfigError, DataError
+from lightning_dml.errors import ConfigError
+from lightning_dml.inference.embedding_files import FORMATS, require_pyarrow, to_numpy, write_embeddings
 from lightning_dml.models.readouts import Readout, ReadoutEmbedder
 
-FORMATS = (".npz", ".parquet")
 #: File name of the predictions in the run's folder when no output is configured.
 DEFAULT_FILE = "embeddings.npz"
 
@@ -35,7 +33,8 @@ class EmbeddingWriter(BasePredictionWriter):
     (a temporary file renamed over the target), so a reader never sees a half-written file.
 
     ``.npz`` loads with ``numpy.load`` (no pickle); ``.parquet`` needs pyarrow (the ``parquet`` extra) and
-    stores ``embeddings`` as a fixed-size list column. :func:`read_embeddings` reads either.
+    stores ``embeddings`` as a fixed-size list column (``lightning_dml.inference.embedding_files`` writes
+    both; its :func:`read_embeddings` reads either).
 
     Args:
         output: file to write, ending in ``.npz`` or ``.parquet``; its folder is created. Default: the run's
@@ -98,75 +97,6 @@ class EmbeddingWriter(BasePredictionWriter):
             if isinstance(getattr(dataset, "source", None), ImageFiles):
                 columns["paths"] = np.array([dataset.describe(int(i)) for i in columns["indices"]])
             output = self.output or Path(log_directory(trainer) or trainer.default_root_dir, DEFAULT_FILE)
-            write_atomically(columns, output)
+            write_embeddings(columns, output)
             rank_zero_info(f"Wrote {len(columns['indices'])} embeddings to {output.resolve()}")
         trainer.strategy.barrier()
-
-
-def to_numpy(values: torch.Tensor) -> np.ndarray:
-    """CPU numpy copy; floating point becomes float32 (numpy has no bfloat16)."""
-    values = values.cpu()
-    return (values.float() if values.is_floating_point() else values).numpy()
-
-
-def require_pyarrow() -> None:
-    """Raise a one-line ``ConfigError`` when pyarrow is not installed."""
-    if importlib.util.find_spec("pyarrow") is None:
-        raise ConfigError(
-            "Parquet output needs pyarrow: pip install 'lightning-dml[parquet]', or write a .npz file instead"
-        )
-
-
-def write_atomically(columns: dict[str, np.ndarray], output: Path) -> None:
-    """Write ``columns`` to ``output`` (``.npz`` or ``.parquet``) through a temporary file in its folder."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            if output.suffix == ".parquet":
-                import pyarrow.parquet as pq
-
-                pq.write_table(to_arrow(columns), file)
-            else:
-                np.savez(file, **columns)
-        os.replace(temporary, output)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def to_arrow(columns: dict[str, np.ndarray]) -> Any:
-    """A pyarrow table: one row per image, ``embeddings`` as a fixed-size float32 list column."""
-    import pyarrow as pa
-
-    arrays = {
-        key: pa.FixedSizeListArray.from_arrays(values.reshape(-1), values.shape[1])
-        if values.ndim == 2
-        else pa.array(values)
-        for key, values in columns.items()
-    }
-    return pa.table(arrays)
-
-
-def read_embeddings(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a file written by :class:`EmbeddingWriter` into numpy arrays (``embeddings`` is (N, D))."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"embedding file not found: {path} (run `lightning-dml predict` to write it)")
-    if path.suffix == ".npz":
-        with np.load(path) as arrays:
-            return dict(arrays)
-    if path.suffix != ".parquet":
-        raise DataError(f"cannot read {path}: embedding files end in .npz or .parquet")
-    require_pyarrow()
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    columns = {}
-    for name in table.column_names:
-        column = table.column(name).combine_chunks()
-        if hasattr(column.type, "list_size"):
-            columns[name] = column.flatten().to_numpy().reshape(len(column), column.type.list_size)
-        else:
-            columns[name] = column.to_numpy(zero_copy_only=False)
-    return columns

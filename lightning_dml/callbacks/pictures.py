@@ -1,15 +1,15 @@
-"""``RetrievalPictures``: retrieval grids, 2-D embedding plots and the embedding projector, logged to
-TensorBoard and Weights & Biases from what ``RetrievalEvaluation`` has just evaluated."""
+"""``Pictures``: retrieval grids, 2-D embedding plots and the embedding projector of the evaluation sets,
+drawn by ``RetrievalEvaluation`` from its own outputs and rankings, logged to TensorBoard and W&B."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_info
 from matplotlib.figure import Figure
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -22,8 +22,6 @@ from lightning_dml.callbacks.plots import (
     retrieval_grid,
     worst_queries,
 )
-from lightning_dml.callbacks.retrieval_evaluation import RetrievalEvaluation
-from lightning_dml.errors import LightningDMLError
 from lightning_dml.metrics import Ranking
 
 Stage = Literal["validate", "test"]
@@ -49,8 +47,10 @@ def load_images(
     return torch.cat(images).clamp(0, 1)
 
 
-class RetrievalPictures(L.Callback):
-    """Logs pictures of the evaluation sets every ``every_n_epochs`` validations and at test (rank 0 only).
+@dataclass(frozen=True)
+class Pictures:
+    """What ``RetrievalEvaluation`` draws and logs of each evaluation set, every ``every_n_epochs``
+    validations and at test (rank 0 only), from its own outputs and ``Ranking`` of the set.
 
     For each evaluation set: ``{set}/retrieval`` (``num_queries`` fixed random queries with their ``top_k``
     neighbours, green border = same class, red = not), ``{set}/worst_queries`` (the ``num_worst`` queries
@@ -58,11 +58,8 @@ class RetrievalPictures(L.Callback):
     ``max_plot_points`` embeddings coloured by class: the embeddings themselves when D = 2, else PCA, or
     UMAP per ``projection``), and in TensorBoard the embedding projector for ``projector_samples`` items
     with their labels and thumbnails. Logged to every ``TensorBoardLogger`` and ``WandbLogger`` of the
-    trainer; other loggers get nothing.
-
-    It draws what a ``RetrievalEvaluation`` callback of the same trainer evaluated (its ``last_outputs``),
-    with that callback's similarity, so nothing is gathered or embedded twice; images come from the data
-    module's evaluation sets, de-normalised with its ``mean`` and ``std``.
+    trainer; other loggers get nothing. Images come from the data module's evaluation sets, de-normalised
+    with its ``mean`` and ``std``.
 
     Args:
         every_n_epochs: log after the validation of every N-th epoch and at test; 0 turns the pictures off.
@@ -77,70 +74,41 @@ class RetrievalPictures(L.Callback):
         seed: seed of the samples.
     """
 
-    def __init__(
-        self,
-        every_n_epochs: int = 1,
-        num_queries: int = 8,
-        top_k: int = 5,
-        num_worst: int = 8,
-        projection: Projection = "auto",
-        projector_samples: int = 500,
-        max_plot_points: int = 5000,
-        cell_size: int = 64,
-        thumbnail_size: int = 32,
-        seed: int = 0,
-    ) -> None:
-        self.every_n_epochs = every_n_epochs
-        self.num_queries = num_queries
-        self.top_k = top_k
-        self.num_worst = num_worst
-        self.projection = projection
-        self.projector_samples = projector_samples
-        self.max_plot_points = max_plot_points
-        self.cell_size = cell_size
-        self.thumbnail_size = thumbnail_size
-        self.seed = seed
+    every_n_epochs: int = 1
+    num_queries: int = 8
+    top_k: int = 5
+    num_worst: int = 8
+    projection: Projection = "auto"
+    projector_samples: int = 500
+    max_plot_points: int = 5000
+    cell_size: int = 64
+    thumbnail_size: int = 32
+    seed: int = 0
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Check that an evaluation callback exists and say when no logger can show pictures."""
-        if self.every_n_epochs > 0 and self._evaluation(trainer) is None:
-            raise LightningDMLError(
-                "RetrievalPictures draws what RetrievalEvaluation evaluated: add a RetrievalEvaluation "
-                "callback to the trainer"
-            )
-        if self.every_n_epochs > 0:  # the evaluation keeps enough of each query's top list to draw
-            evaluation = self._evaluation(trainer)
-            evaluation.top_k = max(evaluation.top_k, self.top_k)
-        if self.every_n_epochs > 0 and not self._loggers(trainer):
-            rank_zero_info("RetrievalPictures: no TensorBoard or W&B logger, so no pictures are logged")
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Log the validation sets' pictures every ``every_n_epochs`` epochs."""
-        due = self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0
-        if due and not trainer.sanity_checking:
-            self._log(trainer, "validate")
-
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Log the test set's pictures."""
-        if self.every_n_epochs > 0:
-            self._log(trainer, "test")
+    def due(self, trainer: L.Trainer, stage: Stage) -> bool:
+        """Whether pictures are logged after this evaluation: at test, and after the validation of every
+        ``every_n_epochs``-th epoch (not the sanity check); never when ``every_n_epochs`` is 0."""
+        if self.every_n_epochs <= 0:
+            return False
+        if stage == "test":
+            return True
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0 and not trainer.sanity_checking
 
     def draw(
         self,
         outputs: dict[str, Tensor],
+        ranking: Ranking,
         dataset: Dataset,
         mean: Sequence[float] = (0.0,),
         std: Sequence[float] = (1.0,),
-        metric: Literal["cosine", "euclidean"] = "cosine",
         title: str = "",
-        ranking: Ranking | None = None,
     ) -> dict[str, Tensor | Figure]:
         """Return the pictures of one evaluation set: ``retrieval`` and ``worst_queries`` (``(3, H, W)``
         images in [0, 1], each left out when its number of queries is 0) and ``embeddings_2d`` (a figure).
 
         ``outputs`` holds ``embeddings``, ``labels`` and ``indices`` (positions in ``dataset``), and
-        ``is_query``/``is_gallery`` for query-vs-gallery sets. ``ranking``: the evaluation's ``Ranking`` of
-        the set with at least ``top_k`` items per query; without it the set is ranked here the same way.
+        ``is_query``/``is_gallery`` for query-vs-gallery sets; ``ranking`` is the evaluation's ``Ranking``
+        of the set, with at least ``top_k`` items per query.
         """
         embeddings = outputs["embeddings"].float()
         labels, indices = outputs["labels"].cpu(), outputs["indices"].cpu()
@@ -149,8 +117,6 @@ class RetrievalPictures(L.Callback):
             gallery_rows = torch.nonzero(outputs["is_gallery"].cpu().bool()).flatten()
         else:
             query_rows = gallery_rows = torch.arange(len(labels))
-        if ranking is None or ranking.top_indices.shape[1] < self.top_k:
-            ranking = RetrievalEvaluation(metric=metric, clustering=False).rank(outputs, self.top_k)
 
         generator = torch.Generator().manual_seed(self.seed)
         sample = torch.randperm(len(query_rows), generator=generator)[: self.num_queries]
@@ -184,19 +150,25 @@ class RetrievalPictures(L.Callback):
         )
         return pictures
 
-    def _log(self, trainer: L.Trainer, stage: Stage) -> None:
-        loggers = self._loggers(trainer)
-        evaluation = self._evaluation(trainer)
+    def log(
+        self,
+        trainer: L.Trainer,
+        outputs: dict[str, dict[str, Tensor]],
+        rankings: dict[str, Ranking],
+        stage: Stage,
+    ) -> None:
+        """Log the pictures of every evaluation set of ``stage``, from its ``outputs`` and ``rankings`` (those
+        of ``RetrievalEvaluation``), to the trainer's TensorBoard and W&B loggers, on rank 0."""
+        loggers = picture_loggers(trainer)
         datamodule = trainer.datamodule
         if not trainer.is_global_zero or not loggers or datamodule is None:
             return
         sets = datamodule.evaluation_sets(stage)
         mean, std = display_normalisation(datamodule)
         step = trainer.global_step
-        for name, outputs in evaluation.last_outputs.items():
+        for name, set_outputs in outputs.items():
             title = f"{name}, epoch {trainer.current_epoch}"
-            ranking = evaluation.last_rankings.get(name)
-            pictures = self.draw(outputs, sets[name], mean, std, evaluation.metric, title, ranking)
+            pictures = self.draw(set_outputs, rankings[name], sets[name], mean, std, title)
             images = {
                 f"{name}/{key}": figure_to_image(value) if isinstance(value, Figure) else value
                 for key, value in pictures.items()
@@ -207,7 +179,7 @@ class RetrievalPictures(L.Callback):
                     for tag, image in images.items():
                         logger.experiment.add_image(tag, image, step)
                     if self.projector_samples > 0:
-                        projector = projector or self._projector(outputs, sets[name], mean, std)
+                        projector = projector or self._projector(set_outputs, sets[name], mean, std)
                         logger.experiment.add_embedding(**projector, global_step=step, tag=name)
                 else:
                     for tag, image in images.items():
@@ -226,13 +198,10 @@ class RetrievalPictures(L.Callback):
             "label_img": thumbnails.expand(-1, 3, -1, -1),
         }
 
-    @staticmethod
-    def _evaluation(trainer: L.Trainer) -> RetrievalEvaluation | None:
-        return next((c for c in trainer.callbacks if isinstance(c, RetrievalEvaluation)), None)
 
-    @staticmethod
-    def _loggers(trainer: L.Trainer) -> list[Any]:
-        return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger | WandbLogger)]
+def picture_loggers(trainer: L.Trainer) -> list[Any]:
+    """The trainer's loggers that show pictures: its ``TensorBoardLogger`` and ``WandbLogger`` instances."""
+    return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger | WandbLogger)]
 
 
 def display_normalisation(datamodule: L.LightningDataModule) -> tuple[Sequence[float], Sequence[float]]:

@@ -1,6 +1,6 @@
 """Pure picture functions on tensors: 2-D embedding plots, retrieval grids, per-query average precision.
 
-Usable from notebooks as they are; ``RetrievalPictures`` calls them during training. Figures are built
+Usable from notebooks as they are; ``Pictures`` calls them during training. Figures are built
 with ``matplotlib.figure.Figure`` (no pyplot), so nothing global is opened or left open.
 """
 

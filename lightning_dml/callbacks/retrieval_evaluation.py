@@ -12,9 +12,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
+from torch.utils.data import Dataset
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from lightning_dml.callbacks.pictures import Pictures, picture_loggers
 from lightning_dml.errors import ConfigError, LightningDMLError
+from lightning_dml.inference.index import eval_mode
 from lightning_dml.metrics import (
     Ranking,
     classification_from_ranking,
@@ -23,7 +26,6 @@ from lightning_dml.metrics import (
     rank,
 )
 from lightning_dml.models.readouts import LayerReadouts, Readout
-from lightning_dml.retrieval.index import eval_mode
 from lightning_dml.seeds import run_seed
 
 Stage = Literal["validate", "test"]
@@ -33,6 +35,8 @@ Reference = Literal["untrained", "pixels"]
 READOUT_KEY = "readout/"
 #: The most values per image (channels × height × width) for the ``pixels`` reference.
 PIXEL_LIMIT = 4096
+#: The default pictures: every validation and the test, with the options' defaults.
+PICTURES = Pictures()
 
 
 def unique_by_index(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -71,6 +75,11 @@ class RetrievalEvaluation(L.Callback):
     :attr:`reference_metrics` for the run summary and saved in the checkpoints: a resumed fit keeps the
     checkpoint's and computes none.
 
+    With ``pictures`` (on by default), the retrieval grids, worst queries, 2-D view and embedding projector
+    of every evaluation set are drawn from the outputs and ``Ranking`` the metrics were computed from and
+    logged to the trainer's TensorBoard and W&B loggers (see ``Pictures``); ``None`` or
+    ``every_n_epochs=0`` turns them off.
+
     Args:
         recall_at: the K of Recall@K.
         metric: similarity of the k-NN search.
@@ -89,6 +98,7 @@ class RetrievalEvaluation(L.Callback):
             ``{"grid7": Readout("backbone.blocks.2", pooling="grid", size=7)}``.
         references: what ``fit`` evaluates before training, beside the trained network: ``untrained``,
             ``pixels`` or both.
+        pictures: what is drawn of each evaluation set and when (``None``: nothing).
     """
 
     def __init__(
@@ -103,6 +113,7 @@ class RetrievalEvaluation(L.Callback):
         seed: int | None = None,
         readouts: Mapping[str, Readout] | None = None,
         references: Sequence[Reference] = (),
+        pictures: Pictures | None = PICTURES,
     ) -> None:
         self.recall_at = list(recall_at)
         self.metric = metric
@@ -114,19 +125,37 @@ class RetrievalEvaluation(L.Callback):
         self.seed = seed
         self.readouts = dict(readouts or {})
         self.references = list(dict.fromkeys(references))
+        self.pictures = pictures
         self._layer_readouts: LayerReadouts | None = None
         self._outputs: dict[int, list[dict[str, torch.Tensor]]] = defaultdict(list)
         #: On rank 0, the de-duplicated outputs of each set of the latest evaluation, for later callbacks.
         self.last_outputs: dict[str, dict[str, torch.Tensor]] = {}
-        #: On rank 0, each set's ``Ranking`` from the latest evaluation (what the pictures draw).
+        #: On rank 0, each set's ``Ranking`` from the latest evaluation (what the pictures draw, with at least
+        #: ``pictures.top_k`` items per query when pictures are on).
         self.last_rankings: dict[str, Ranking] = {}
         #: On rank 0, each set's readout features ``{readout: (N, D)}`` of the latest evaluation, in the
         #: order of ``last_outputs``.
         self.last_readouts: dict[str, dict[str, torch.Tensor]] = {}
-        #: Best items kept per query in ``last_rankings`` (raised by ``RetrievalPictures``).
-        self.top_k = 0
         #: The reference rows of this run, ``{"{set}/{reference}/{metric}": value}``, on every rank.
         self.reference_metrics: dict[str, float] = {}
+
+    def draws_pictures(self) -> bool:
+        """Whether this evaluation draws pictures at all (``pictures`` set, ``every_n_epochs`` above 0)."""
+        return self.pictures is not None and self.pictures.every_n_epochs > 0
+
+    def draw(
+        self,
+        outputs: dict[str, torch.Tensor],
+        dataset: Dataset,
+        mean: Sequence[float] = (0.0,),
+        std: Sequence[float] = (1.0,),
+        title: str = "",
+    ) -> dict[str, Any]:
+        """The ``pictures``' drawings (default ``Pictures()`` when ``None``) of one evaluation set's
+        de-duplicated ``outputs`` (see ``Pictures.draw``), from this evaluation's ranking of the set; images
+        from ``dataset``, de-normalised with ``mean`` and ``std``."""
+        pictures = self.pictures or Pictures()
+        return pictures.draw(outputs, self.rank(outputs, pictures.top_k), dataset, mean, std, title)
 
     def rank(self, outputs: dict[str, torch.Tensor], top_k: int = 0) -> Ranking:
         """The exact ``Ranking`` of one evaluation set's de-duplicated outputs: every query against the
@@ -184,6 +213,23 @@ class RetrievalEvaluation(L.Callback):
         replaced, as by a checkpoint's weights); in eval mode, as the evaluation loop has set the module."""
         self._layer_readouts = LayerReadouts(pl_module, self.readouts).eval() if self.readouts else None
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Say when pictures are on but no logger can show them."""
+        if self.draws_pictures() and not picture_loggers(trainer):
+            rank_zero_info("RetrievalEvaluation: no TensorBoard or W&B logger, so no pictures are logged")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Log the validation sets' pictures when due (every ``pictures.every_n_epochs`` epochs)."""
+        self._log_pictures(trainer, "validate")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Log the test sets' pictures."""
+        self._log_pictures(trainer, "test")
+
+    def _log_pictures(self, trainer: L.Trainer, stage: Stage) -> None:
+        if self.pictures is not None and self.pictures.due(trainer, stage):
+            self.pictures.log(trainer, self.last_outputs, self.last_rankings, stage)
+
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Trace the readouts, if any."""
         self._trace_readouts(pl_module)
@@ -222,7 +268,8 @@ class RetrievalEvaluation(L.Callback):
             if trainer.is_global_zero:
                 readouts = pop_readouts(outputs)
                 self.last_outputs[name], self.last_readouts[name] = outputs, readouts
-                self.last_rankings[name] = self.rank(outputs, self.top_k)
+                top_k = self.pictures.top_k if self.draws_pictures() else 0
+                self.last_rankings[name] = self.rank(outputs, top_k)
                 metrics = self.compute(outputs, self.last_rankings[name])
                 for readout, features in readouts.items():
                     readout_metrics = self.compute(outputs | {"embeddings": features})

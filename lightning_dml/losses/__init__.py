@@ -1,8 +1,11 @@
 """Metric-learning losses (and a positional miner) that pytorch-metric-learning lacks.
 
-``BinomialDevianceLoss`` follows PML's calling convention ``loss(embeddings, labels, indices_tuple=None)``
-and ``BatchTriplets`` PML's miner convention ``miner(embeddings, labels)``; the G-DML and DeML losses are
-called by their own methods. Any loss PML already has is used directly by ``class_path``
+Only ``BinomialDevianceLoss`` follows PML's loss convention ``loss(embeddings, labels, indices_tuple=None)``,
+and ``BatchTriplets`` PML's miner convention ``miner(embeddings, labels)``. The others have their own
+signatures and are called by their methods: ``GeminiLoss(embeddings, labels, indices_tuple, features)``
+(G-DML teacher; ``indices_tuple`` required, plus the anchors' stream features),
+``TargetDistanceLoss(embeddings, targets)`` (G-DML student) and ``DeMLAdversary(normalized, strength)``
+(DeML, on the (I, J, B, d) learner embeddings). Any loss PML already has is used directly by ``class_path``
 (e.g. ``pytorch_metric_learning.losses.MultiSimilarityLoss``) and is not wrapped here.
 """
 

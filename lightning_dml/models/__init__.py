@@ -1,11 +1,11 @@
-"""Models: backbones (images -> features), embedding heads (features -> embeddings), their composition,
-and readouts (pooled features of named layers)."""
+"""Models: backbones (images -> features), embedding heads (features -> embeddings), the DeML and GEMINI
+networks, and readouts (pooled features of named layers)."""
 
 from lightning_dml.models.backbones import SmallCNN, TimmBackbone, TorchvisionBackbone
 from lightning_dml.models.cifar_resnet import CifarResNet
 from lightning_dml.models.deml import ChannelAttention, DeMLNetwork, SplitSmallCNN
 from lightning_dml.models.gemini import GeminiNetwork
-from lightning_dml.models.heads import EmbeddingHead, EmbeddingNetwork
+from lightning_dml.models.heads import EmbeddingHead
 from lightning_dml.models.readouts import LayerReadouts, Readout, ReadoutEmbedder
 
 __all__ = [
@@ -13,7 +13,6 @@ __all__ = [
     "CifarResNet",
     "DeMLNetwork",
     "EmbeddingHead",
-    "EmbeddingNetwork",
     "GeminiNetwork",
     "LayerReadouts",
     "Readout",

@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from lightning_dml.callbacks import EmbeddingWriter
-from lightning_dml.callbacks.embedding_writer import read_embeddings, to_numpy
 from lightning_dml.data import ImageFiles, RetrievalDataset, TensorImages
 from lightning_dml.errors import ConfigError, DataError
+from lightning_dml.inference.embedding_files import read_embeddings, to_numpy
 from lightning_dml.methods import RetrievalModule
 
 

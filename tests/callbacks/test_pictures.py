@@ -7,7 +7,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_dml.callbacks import RetrievalPictures
+from lightning_dml.callbacks import Pictures, RetrievalEvaluation
 from lightning_dml.callbacks import plots as plots_module
 from lightning_dml.callbacks.plots import (
     CORRECT_COLOUR,
@@ -148,9 +148,8 @@ def grey_dataset(values: torch.Tensor, labels: torch.Tensor) -> RetrievalDataset
 def test_draw_shows_the_worst_query_with_its_neighbours():
     dataset = grey_dataset(torch.tensor([10, 60, 110, 160, 210]), LINE_LABELS)
     outputs = {"embeddings": LINE, "labels": LINE_LABELS, "indices": torch.arange(5)}
-    pictures = RetrievalPictures(num_queries=5, top_k=2, num_worst=1, cell_size=4).draw(
-        outputs, dataset, metric="euclidean"
-    )
+    drawn = Pictures(num_queries=5, top_k=2, num_worst=1, cell_size=4)
+    pictures = RetrievalEvaluation(metric="euclidean", pictures=drawn).draw(outputs, dataset)
     worst = pictures["worst_queries"]
     side = 4 + 2 * 2  # default border: 2 pixels
     assert worst.shape == (3, 2 + side + 2, 2 + 3 * (side + 2))
@@ -175,9 +174,8 @@ def test_draw_searches_only_the_gallery_in_query_gallery_sets():
         "is_query": is_query,
         "is_gallery": is_gallery,
     }
-    worst = RetrievalPictures(top_k=1, num_worst=1, cell_size=4).draw(outputs, dataset, metric="euclidean")[
-        "worst_queries"
-    ]
+    drawn = Pictures(top_k=1, num_worst=1, cell_size=4)
+    worst = RetrievalEvaluation(metric="euclidean", pictures=drawn).draw(outputs, dataset)["worst_queries"]
     # Query 0's nearest gallery item is item 1 (wrong, grey 60); query 3's is item 4 (right): 0 is worst.
     edge, centre = cell_pixels(worst, 0, 1, 8)
     torch.testing.assert_close(edge, torch.tensor(WRONG_COLOUR))
@@ -186,25 +184,33 @@ def test_draw_searches_only_the_gallery_in_query_gallery_sets():
 
 def test_every_n_epochs_decides_when_pictures_are_logged(monkeypatch):
     logged = []
-    pictures = RetrievalPictures(every_n_epochs=2)
     monkeypatch.setattr(
-        pictures, "_log", lambda trainer, stage: logged.append((trainer.current_epoch, stage))
+        Pictures,
+        "log",
+        lambda self, trainer, outputs, rankings, stage: logged.append((trainer.current_epoch, stage)),
     )
+    evaluation = RetrievalEvaluation(pictures=Pictures(every_n_epochs=2))
     for epoch in range(4):
-        pictures.on_validation_end(SimpleNamespace(current_epoch=epoch, sanity_checking=False), None)
-    pictures.on_validation_end(SimpleNamespace(current_epoch=1, sanity_checking=True), None)
-    pictures.on_test_end(SimpleNamespace(current_epoch=3), None)
+        evaluation.on_validation_end(SimpleNamespace(current_epoch=epoch, sanity_checking=False), None)
+    evaluation.on_validation_end(SimpleNamespace(current_epoch=1, sanity_checking=True), None)
+    evaluation.on_test_end(SimpleNamespace(current_epoch=3), None)
     assert logged == [(1, "validate"), (3, "validate"), (3, "test")]
-    off = RetrievalPictures(every_n_epochs=0)
-    monkeypatch.setattr(off, "_log", lambda trainer, stage: logged.append("off"))
-    off.on_validation_end(SimpleNamespace(current_epoch=0, sanity_checking=False), None)
-    off.on_test_end(SimpleNamespace(current_epoch=0), None)
-    assert "off" not in logged
+    for off in (RetrievalEvaluation(pictures=Pictures(every_n_epochs=0)), RetrievalEvaluation(pictures=None)):
+        off.on_validation_end(SimpleNamespace(current_epoch=0, sanity_checking=False), None)
+        off.on_test_end(SimpleNamespace(current_epoch=0), None)
+    assert len(logged) == 3
 
 
 def test_cli_fit_logs_pictures_and_the_projector_to_tensorboard(quick_args, tmp_path):
     cli = DMLCLI(
-        args=["fit", *quick_args, "--trainer.limit_train_batches", "2", "--pictures.projector_samples", "40"]
+        args=[
+            "fit",
+            *quick_args,
+            "--trainer.limit_train_batches",
+            "2",
+            "--evaluation.pictures.projector_samples",
+            "40",
+        ]
     )
     log_dir = tmp_path / "runs/quickstart/version_0"
     assert cli.trainer.logger.log_dir == str(log_dir)

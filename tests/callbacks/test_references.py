@@ -119,7 +119,7 @@ def test_a_resumed_fit_keeps_the_checkpoints_reference_rows_and_recomputes_none(
     quiet = [
         "--trainer.limit_train_batches",
         "2",
-        "--pictures.every_n_epochs",
+        "--evaluation.pictures.every_n_epochs",
         "0",
         "--test_after_fit",
         "false",

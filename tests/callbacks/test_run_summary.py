@@ -94,7 +94,14 @@ def test_a_cli_fit_prints_one_summary_with_the_choosing_set_and_the_test(
 ):
     monkeypatch.setenv("COLUMNS", "400")  # no line wrapping in the panel
     cli = DMLCLI(
-        args=["fit", *quick_args, "--trainer.limit_train_batches", "2", "--pictures.every_n_epochs", "0"]
+        args=[
+            "fit",
+            *quick_args,
+            "--trainer.limit_train_batches",
+            "2",
+            "--evaluation.pictures.every_n_epochs",
+            "0",
+        ]
     )
     out = capsys.readouterr().out
     assert "fit summary" not in out and "DataLoader" not in out and "Test metric" not in out
@@ -138,7 +145,14 @@ def test_validate_of_a_checkpoint_prints_each_metric_once_and_logs_beside_its_ru
 ):
     monkeypatch.setenv("COLUMNS", "400")
     monkeypatch.chdir(tmp_path)
-    fit = ["fit", *quick_args, "--trainer.limit_train_batches", "2", "--pictures.every_n_epochs", "0"]
+    fit = [
+        "fit",
+        *quick_args,
+        "--trainer.limit_train_batches",
+        "2",
+        "--evaluation.pictures.every_n_epochs",
+        "0",
+    ]
     DMLCLI(args=[*fit, "--test_after_fit", "false"])
     fit_summary = capsys.readouterr().out.split("fit summary")[1]
     assert summary_rows(fit_summary)["metric"] == ["val_seen", "val_test"]
@@ -147,7 +161,14 @@ def test_validate_of_a_checkpoint_prints_each_metric_once_and_logs_beside_its_ru
 
     checkpoint = run / "checkpoints/last.ckpt"
     cli = DMLCLI(
-        args=["validate", *quick_args, "--ckpt_path", str(checkpoint), "--pictures.every_n_epochs", "0"]
+        args=[
+            "validate",
+            *quick_args,
+            "--ckpt_path",
+            str(checkpoint),
+            "--evaluation.pictures.every_n_epochs",
+            "0",
+        ]
     )
     out = capsys.readouterr().out
     assert "DataLoader" not in out and out.count("validate summary") == 1
@@ -165,7 +186,7 @@ def test_validate_of_a_checkpoint_prints_each_metric_once_and_logs_beside_its_ru
 def test_without_a_logger_nothing_lands_in_the_working_directory(quick_args, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = [*quick_args, "--trainer.logger", "false", "--trainer.limit_train_batches", "2"]
-    DMLCLI(args=["fit", *args, "--pictures.every_n_epochs", "0", "--test_after_fit", "false"])
+    DMLCLI(args=["fit", *args, "--evaluation.pictures.every_n_epochs", "0", "--test_after_fit", "false"])
     assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]
     assert list((tmp_path / "runs/checkpoints").glob("*.ckpt")) and not list(tmp_path.rglob("config.yaml"))
 

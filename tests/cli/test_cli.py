@@ -10,7 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_dml.cli import DMLCLI, main
-from lightning_dml.retrieval import load_embedder
+from lightning_dml.inference import load_embedder
 from tests.conftest import REPO
 from tests.reference import reference_metrics
 

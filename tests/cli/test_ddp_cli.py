@@ -54,7 +54,7 @@ def test_two_process_reference_rows_equal_one_process_exactly(quick_args, tmp_pa
         "1",
         "--test_after_fit",
         "false",
-        "--pictures.every_n_epochs",
+        "--evaluation.pictures.every_n_epochs",
         "0",
     ]
     logged = []

@@ -39,7 +39,9 @@ def fit(args: list[str], record: Record) -> DMLCLI:
             trainer.callbacks.append(record)
             return trainer
 
-    return RecordingCLI(args=["fit", *args, "--test_after_fit", "false", "--pictures.every_n_epochs", "0"])
+    return RecordingCLI(
+        args=["fit", *args, "--test_after_fit", "false", "--evaluation.pictures.every_n_epochs", "0"]
+    )
 
 
 def epoch_of(path) -> int:

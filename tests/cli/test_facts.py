@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_dml.cli import DMLCLI, main
-from lightning_dml.retrieval import load_embedder
+from lightning_dml.inference import load_embedder
 from tests.conftest import REPO
 
 QUICKSTART = str(REPO / "configs/quickstart.yaml")

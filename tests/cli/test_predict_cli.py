@@ -7,10 +7,9 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from lightning_dml.callbacks.embedding_writer import read_embeddings
 from lightning_dml.cli import DMLCLI, main
 from lightning_dml.data import Digits
-from lightning_dml.retrieval import load_embedder
+from lightning_dml.inference import load_embedder, read_embeddings
 from tests.cli.test_cli import run
 from tests.cli.test_ddp_cli import DDP
 from tests.conftest import quick_cli_args

@@ -103,7 +103,7 @@ def test_offline_run_holds_every_metric_the_config_the_pictures_and_the_best_che
     assert config["trainer"]["logger"]["init_args"]["log_model"] is True
     assert WANDB_CONFIG_FILE in run["files"]
     saved = yaml.safe_load((run_dir / "files" / WANDB_CONFIG_FILE).read_text())
-    assert saved["model"] == config["model"] and saved["pictures"]["every_n_epochs"] == 1
+    assert saved["model"] == config["model"] and saved["evaluation"]["pictures"]["every_n_epochs"] == 1
 
     for name in ("val_seen", "val_test", "test"):
         assert summary[f"{name}/retrieval/_type"] == "images/separated"

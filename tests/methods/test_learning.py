@@ -14,7 +14,14 @@ from tests.conftest import quick_cli_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAST = ["--pictures.every_n_epochs", "0", "--evaluation.clustering", "false", "--test_after_fit", "false"]
+FAST = [
+    "--evaluation.pictures.every_n_epochs",
+    "0",
+    "--evaluation.clustering",
+    "false",
+    "--test_after_fit",
+    "false",
+]
 
 
 def before_and_after_fit(runs: Path, config: str, key: str, *args: str) -> tuple[float, float]:

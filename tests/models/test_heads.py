@@ -1,10 +1,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from jsonargparse import ArgumentParser
 
 from lightning_dml.errors import ConfigError
-from lightning_dml.models import EmbeddingHead, EmbeddingNetwork, SmallCNN
+from lightning_dml.models import EmbeddingHead
 
 
 @pytest.fixture(autouse=True)
@@ -53,37 +52,3 @@ def test_head_dropout_only_in_training() -> None:
     assert not torch.allclose(head(features), head.layers[1](features))
     with pytest.raises(ConfigError, match="dropout"):
         EmbeddingHead(16, dropout=1.0)
-
-
-def test_embedding_network_composes_backbone_and_head() -> None:
-    network = EmbeddingNetwork.from_backbone(SmallCNN(in_channels=1, widths=[8, 16]), embedding_size=6)
-    assert network.embedding_size == 6
-    images = torch.randn(4, 1, 8, 8)
-    embeddings = network(images)
-    assert embeddings.shape == (4, 6)
-    torch.testing.assert_close(embeddings, network.head(network.backbone(images)))
-    torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(4))
-
-
-def test_embedding_network_rejects_mismatched_head() -> None:
-    with pytest.raises(ConfigError, match="set the head's in_features to 16"):
-        EmbeddingNetwork(SmallCNN(widths=[8, 16]), EmbeddingHead(in_features=32))
-
-
-def test_embedding_network_builds_from_nested_class_paths() -> None:
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--model", type=torch.nn.Module)
-    config = {
-        "class_path": "lightning_dml.models.EmbeddingNetwork",
-        "init_args": {
-            "backbone": {"class_path": "lightning_dml.models.SmallCNN", "init_args": {"widths": [8, 16]}},
-            "head": {
-                "class_path": "lightning_dml.models.EmbeddingHead",
-                "init_args": {"in_features": 16, "embedding_size": 5, "hidden_size": 12},
-            },
-        },
-    }
-    network = parser.instantiate_classes(parser.parse_object({"model": config})).model
-    assert isinstance(network, EmbeddingNetwork)
-    assert network.head.layers[0].out_features == 12
-    assert network(torch.randn(3, 1, 28, 28)).shape == (3, 5)

@@ -12,9 +12,9 @@ from lightning.pytorch.core.module import _jit_is_scripting
 from torch import Tensor, nn
 
 from lightning_dml.errors import DataError
+from lightning_dml.inference.index import eval_mode
 from lightning_dml.methods import RetrievalModule
 from lightning_dml.models.readouts import Readout, ReadoutEmbedder
-from lightning_dml.retrieval.index import eval_mode
 
 
 class Embedder(nn.Module):

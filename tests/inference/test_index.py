@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from lightning_dml.errors import DataError
-from lightning_dml.retrieval import EmbeddingIndex, embed_images
+from lightning_dml.inference import EmbeddingIndex, embed_images
 
 
 def brute_force(queries: torch.Tensor, gallery: torch.Tensor, k: int, metric: str):

@@ -10,11 +10,11 @@ from torch.utils.data import DataLoader
 
 from lightning_dml.data import RetrievalDataset, TensorImages
 from lightning_dml.errors import DataError
+from lightning_dml.inference import export_onnx, export_torchscript, load_embedder
+from lightning_dml.inference.export import resolve_class
 from lightning_dml.losses import BinomialDevianceLoss
 from lightning_dml.methods import MetricLearning
 from lightning_dml.models import SmallCNN
-from lightning_dml.retrieval import export_onnx, export_torchscript, load_embedder
-from lightning_dml.retrieval.export import resolve_class
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:FutureWarning")
 

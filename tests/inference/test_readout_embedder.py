@@ -7,18 +7,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_dml.callbacks import EmbeddingWriter, RetrievalEvaluation
-from lightning_dml.callbacks.embedding_writer import read_embeddings
 from lightning_dml.data import Digits
-from lightning_dml.losses import BinomialDevianceLoss
-from lightning_dml.methods import MetricLearning
-from lightning_dml.models import Readout, ReadoutEmbedder, SmallCNN
-from lightning_dml.retrieval import (
+from lightning_dml.inference import (
     EmbeddingIndex,
     embed_images,
     export_onnx,
     export_torchscript,
     load_embedder,
+    read_embeddings,
 )
+from lightning_dml.losses import BinomialDevianceLoss
+from lightning_dml.methods import MetricLearning
+from lightning_dml.models import Readout, ReadoutEmbedder, SmallCNN
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:FutureWarning")
 
