@@ -27,7 +27,9 @@ from lightning_dml.callbacks.plots import plot_embeddings_2d
 from lightning_dml.cli import DMLCLI
 from lightning_dml.methods.gdml import TARGET_ACCURACY, TARGETS_FILE
 
-CONFIGS = Path(__file__).parents[1] / "configs/gdml"
+CONFIGS = Path(__file__).parents[1] / "configs"
+#: The dataset config and its overlay of the paper's student and baseline values.
+FASHION_MNIST = ("data/fashion_mnist.yaml", "gdml/fashion_mnist.yaml")
 ROOT = str(Path(__file__).parents[2] / "shared/datasets")
 METRICS = ["1nn_macro_recall", "1nn_macro_f1", "recall@1", "map@r", "r_precision", "nmi", "f1", "seconds"]
 #: The paper's Table 2 (Fashion-MNIST, d = 2, closed set, mean of 10 runs): Recall@1, MAP@R, in percent.
@@ -45,6 +47,11 @@ BACKBONE = ["--model.init_args.backbone.class_path", "lightning_dml.models.Small
 #: the 60,000 of the other rows (the authors: 512, in batches of 512 triplets).
 TRIPLETS_PER_PAIR = 200
 BACKBONE_NAME = "SmallCNN 32/64/128 (conv3×3-BN-ReLU-maxpool ×3, global average pool; 93 k parameters)"
+
+
+def stack(*configs: str) -> list[str]:
+    """``--config`` arguments for ``configs`` (paths below configs/), in order."""
+    return [item for config in configs for item in ("--config", str(CONFIGS / config))]
 
 
 def common_args(epochs: int) -> list[str]:
@@ -81,11 +88,9 @@ def run_gdml(seed: int, epochs: int, teacher_epochs: int) -> dict[str, float]:
     """Teacher (the paper's recipe, ``teacher_epochs``), then the student on its targets."""
     with tempfile.TemporaryDirectory() as runs:
         teacher_args = [
-            "--config",
-            str(CONFIGS / "fashion_mnist_teacher.yaml"),
-            "--data.init_args.root",
-            ROOT,
+            *stack("data/fashion_mnist.yaml", "gdml/teacher.yaml", "gdml/fashion_mnist_teacher.yaml")
         ]
+        teacher_args += ["--data.init_args.root", ROOT]
         teacher_args += [
             "--trainer.max_epochs",
             str(teacher_epochs),
@@ -97,7 +102,10 @@ def run_gdml(seed: int, epochs: int, teacher_epochs: int) -> dict[str, float]:
         teacher = run_cli("fit", teacher_args, seed, runs)
         accuracy = float(teacher.trainer.callback_metrics[TARGET_ACCURACY])
         targets = str(Path(teacher.trainer.log_dir) / TARGETS_FILE)
-        student_args = ["--config", str(CONFIGS / "fashion_mnist_student.yaml"), *common_args(epochs)]
+        student_args = [
+            *stack(*FASHION_MNIST[:1], "gdml/student.yaml", *FASHION_MNIST[1:]),
+            *common_args(epochs),
+        ]
         student = run_cli("fit", [*student_args, "--model.init_args.teacher", targets], seed, runs)
         return test_metrics(student, "G-DML", seed) | {"target_1nn_accuracy": accuracy}
 
@@ -105,8 +113,10 @@ def run_gdml(seed: int, epochs: int, teacher_epochs: int) -> dict[str, float]:
 def run_baseline(loss: str, seed: int, epochs: int) -> dict[str, float]:
     """One paper-protocol baseline (configs/gdml/baselines) on the student's backbone, data and epochs."""
     with tempfile.TemporaryDirectory() as runs:
-        args = ["--config", str(CONFIGS / "baselines/fashion_mnist.yaml")]
-        args += ["--config", str(CONFIGS / f"baselines/{loss}.yaml"), *common_args(epochs)]
+        args = stack(
+            *FASHION_MNIST[:1], "gdml/baselines/base.yaml", *FASHION_MNIST[1:], f"gdml/baselines/{loss}.yaml"
+        )
+        args += common_args(epochs)
         if loss == "triplet_network":  # not the authors' 512 per class pair: 2.3 × an epoch's images
             args += ["--data.init_args.sampler.init_args.triplets_per_pair", str(TRIPLETS_PER_PAIR)]
         return test_metrics(run_cli("fit", args, seed, runs), loss, seed)
@@ -151,12 +161,12 @@ Student and baselines: {BACKBONE_NAME} → linear head to
 d = 2, raw outputs, Euclidean search; {arguments.epochs} epochs of plain shuffled batches of 32; SGD lr 0.1,
 weight decay 1e-4, gradient clipping by value 0.1, ReduceLROnPlateau on the epoch's mean loss (student and
 PML baselines 0.6/1, Triplet-Network 0.2/3). No augmentation. G-DML's GEMINI teacher: the paper's recipe
-(configs/gdml/fashion_mnist_teacher.yaml: one stream per class, b = 64 triplets per class pair, SGD 1e-3,
-raw pixels) for {arguments.teacher_epochs} epochs. Baselines (configs/gdml/baselines/): PML's contrastive,
-triplet, margin and multi-similarity losses without a miner; `triplet_network` is the authors' own baseline
-({TRIPLETS_PER_PAIR} fixed triplets per class pair, so that an epoch sees about as many images as the
-others', dealt into shuffled batches of {TRIPLETS_PER_PAIR} triplets; torch's triplet loss with margin 3; the
-authors use 512 and 512).
+(configs/gdml/teacher.yaml and fashion_mnist_teacher.yaml: one stream per class, b = 64 triplets per class
+pair, SGD 1e-3, raw pixels) for {arguments.teacher_epochs} epochs. Baselines (configs/gdml/baselines/): PML's
+contrastive, triplet, margin and multi-similarity losses without a miner; `triplet_network` is the authors'
+own baseline ({TRIPLETS_PER_PAIR} fixed triplets per class pair, so that an epoch sees about as many images as
+the others', dealt into shuffled batches of {TRIPLETS_PER_PAIR} triplets; torch's triplet loss with margin 3;
+the authors use 512 and 512).
 The paper trains a CIFAR-style ResNet-18 (width 64) for 50 epochs on a GPU, 10 runs.
 
 Metrics: `1nn_macro_recall` / `1nn_macro_f1` (the 1-NN classifier's macro recall and F1: the paper's Recall@1

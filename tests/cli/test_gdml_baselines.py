@@ -15,9 +15,26 @@ LOSSES = ["contrastive", "triplet", "margin", "multi_similarity"]
 
 
 def built(*configs: str) -> DMLCLI:
-    """The CLI of the stacked configs, built but not run."""
-    args = [item for config in configs for item in ("--config", str(REPO / "configs/gdml" / config))]
+    """The CLI of the stacked configs (paths below configs/), built but not run."""
+    args = [item for config in configs for item in ("--config", str(REPO / "configs" / config))]
     return DMLCLI(args=args, run=False)
+
+
+def paper_values(dataset: str) -> list[str]:
+    """The dataset's config and its overlay of the paper's student and baseline values (MNIST: none)."""
+    return [f"data/{dataset}.yaml", *([f"gdml/{dataset}.yaml"] if dataset != "mnist" else [])]
+
+
+def student_configs(dataset: str) -> list[str]:
+    """The stack of the G-DML student on ``dataset``."""
+    data, *overlay = paper_values(dataset)
+    return [data, "gdml/student.yaml", *overlay]
+
+
+def baseline_configs(dataset: str, loss: str) -> list[str]:
+    """The stack of a paper baseline with ``loss`` on ``dataset``."""
+    data, *overlay = paper_values(dataset)
+    return [data, "gdml/baselines/base.yaml", *overlay, f"gdml/baselines/{loss}.yaml"]
 
 
 def recipe(cli: DMLCLI) -> dict:
@@ -39,8 +56,8 @@ def recipe(cli: DMLCLI) -> dict:
 @pytest.mark.parametrize("dataset", DATASETS)
 @pytest.mark.parametrize("loss", LOSSES)
 def test_each_baseline_trains_like_the_student_without_a_miner(dataset, loss):
-    student = recipe(built(f"{dataset}_student.yaml"))
-    baseline_cli = built(f"baselines/{dataset}.yaml", f"baselines/{loss}.yaml")
+    student = recipe(built(*student_configs(dataset)))
+    baseline_cli = built(*baseline_configs(dataset, loss))
     assert recipe(baseline_cli) == student
     assert student["optimizer"][1:] == (0.1, 0.0001) and student["clipping"] == (0.1, "value")
     assert isinstance(student["batches"], RandomBatches) and student["output"] == (2, False)
@@ -50,8 +67,8 @@ def test_each_baseline_trains_like_the_student_without_a_miner(dataset, loss):
 
 
 def test_the_triplet_network_baseline_is_the_authors_recipe():
-    cli = built("baselines/fashion_mnist.yaml", "baselines/triplet_network.yaml")
-    baseline, student = recipe(cli), recipe(built("fashion_mnist_student.yaml"))
+    cli = built(*baseline_configs("fashion_mnist", "triplet_network"))
+    baseline, student = recipe(cli), recipe(built(*student_configs("fashion_mnist")))
     # TripletNetwork_Fashion.py: SGD 0.1, weight decay 1e-4, clip 0.1, ReduceLROnPlateau(0.2, patience 3)
     assert baseline["optimizer"] == student["optimizer"] and baseline["clipping"] == student["clipping"]
     assert baseline["scheduler"][1:] == (0.2, 3) and baseline["output"] == (2, False)
@@ -65,10 +82,10 @@ def test_the_triplet_network_stack_trains_on_shuffled_class_pair_triplets(tmp_pa
     cli = DMLCLI(
         args=[
             "fit",
-            "--config",
-            str(REPO / "configs/gdml/baselines/fashion_mnist.yaml"),
-            "--config",
-            str(REPO / "configs/gdml/baselines/triplet_network.yaml"),
+            *(
+                f"--config={REPO / 'configs' / config}"
+                for config in baseline_configs("fashion_mnist", "triplet_network")
+            ),
             "--data.class_path",
             "lightning_dml.data.Digits",
             "--data.init_args.sampler.init_args.triplets_per_pair",
