@@ -155,7 +155,8 @@ class DMLCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         """Instantiate the data module first and write the facts it knows into the model's config
-        (:func:`~lightning_dml.cli_facts.fill_facts`), then the rest; that data module is the run's."""
+        (:func:`~lightning_dml.cli_facts.fill_facts`), then the rest; that data module is the run's (the
+        parser builds a second one, never set up, which is dropped: the config must stay free of objects)."""
         config = self.config.get(str(self.subcommand), self.config)
         datamodule = self._parser(self.subcommand).instantiate_classes(Namespace(data=config.data)).data
         fill_facts(config.model, datamodule)

@@ -39,14 +39,15 @@ def fill_facts(model: Namespace, datamodule: Any) -> None:
     margin loss's ``num_classes: None`` learns one β for all classes)."""
     init_args = model.init_args
     for fact, keys in [*DATA_FACTS.items(), *MODEL_FACTS.items()]:
-        filled = [key for key in keys if key in init_args and parameter_default(model, key) is not None]
+        defaults = {key: parameter_default(model, key) for key in keys if key in init_args}
+        filled = {key: default for key, default in defaults.items() if default is not None}
         if not filled:
             continue
         value = init_args[fact] if fact in MODEL_FACTS else operator.attrgetter(fact)(datamodule)
         source = "the model's" if fact in MODEL_FACTS else f"the data module's ({type(datamodule).__name__})"
-        for key in filled:
+        for key, default in filled.items():
             given = init_args[key]
-            if given not in (None, value, parameter_default(model, key)):
+            if given not in (None, value, default):
                 raise ConfigError(
                     f"model.init_args.{key} is {given}, but it is set from {source} {fact}, {value}; "
                     "leave it out of the config"
