@@ -3,9 +3,9 @@
     python -m benchmarks.deml [--seeds 0 1 2] [--steps 600] [--rerender]
 
 Writes benchmarks/results/deml.md and .json. Every row runs ``lightning-dml fit`` on
-configs/deml/fashion_mnist.yaml (small splittable CNN, 7×7 maps) with the same budget: ``--steps`` batches of
-60 images (5 classes × 12), Adam 1e-3, no validation (the last weights are tested), one CPU thread; the test
-set is the 5,000 test-file images of classes 5–9, leave-one-out.
+configs/deml/small_cnn.yaml with its Fashion-MNIST values (small splittable CNN, 7×7 maps) and the same
+budget: ``--steps`` batches of 60 images (5 classes × 12), Adam 1e-3, no validation (the last weights are
+tested), one CPU thread; the test set is the 5,000 test-file images of classes 5–9, leave-one-out.
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.runner import RESULTS, cli_entry, paired_difference, run_grid, save
+from benchmarks.runner import RESULTS, cli_entry, paired_difference, run_grid, save, stack
 
-CONFIGS = Path(__file__).parents[1] / "configs/deml"
 METRICS = ["recall@1", "map@r", "nmi", "seconds"]
 FULL = "DeML full (I=2, J=3, hinge, aux)"
 BASELINE = "U512-style baseline (I=1, J=1, 192-d)"
 ROWS = {
-    BASELINE: ["--config", str(CONFIGS / "u512_fashion_mnist.yaml")],
+    BASELINE: stack("deml/u512_small.yaml"),
     FULL: [],
     "− object attention": ["--model.init_args.object_attention", "false"],
     "− channel attention": ["--model.init_args.channel_attention", "false"],
@@ -68,7 +67,8 @@ def main() -> None:
         results = {name: stored[name] for name in ROWS}
     else:
         torch.set_num_threads(1)  # another benchmark shares the 2 cores
-        base = ["--config", str(CONFIGS / "fashion_mnist.yaml"), *budget_args(options.steps)]
+        configs = stack("data/fashion_mnist.yaml", "deml/small_cnn.yaml", "deml/fashion_mnist.yaml")
+        base = [*configs, *budget_args(options.steps)]
         entries = [cli_entry(name, "fit", *base, *extra) for name, extra in ROWS.items()]
         results = run_grid(entries, options.seeds)
     paired = {"DeML full − baseline": paired_difference(results, FULL, BASELINE, METRICS)}

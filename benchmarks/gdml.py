@@ -21,13 +21,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.runner import RESULTS, confidence_interval, run_cli, save, test_results
+from benchmarks.runner import RESULTS, confidence_interval, run_cli, save, stack, test_results
 from lightning_dml.callbacks import RetrievalEvaluation
 from lightning_dml.callbacks.plots import plot_embeddings_2d
 from lightning_dml.cli import DMLCLI
 from lightning_dml.methods.gdml import TARGET_ACCURACY, TARGETS_FILE
 
-CONFIGS = Path(__file__).parents[1] / "configs"
 #: The dataset config and its overlay of the paper's student and baseline values.
 FASHION_MNIST = ("data/fashion_mnist.yaml", "gdml/fashion_mnist.yaml")
 ROOT = str(Path(__file__).parents[2] / "shared/datasets")
@@ -47,11 +46,6 @@ BACKBONE = ["--model.init_args.backbone.class_path", "lightning_dml.models.Small
 #: the 60,000 of the other rows (the authors: 512, in batches of 512 triplets).
 TRIPLETS_PER_PAIR = 200
 BACKBONE_NAME = "SmallCNN 32/64/128 (conv3×3-BN-ReLU-maxpool ×3, global average pool; 93 k parameters)"
-
-
-def stack(*configs: str) -> list[str]:
-    """``--config`` arguments for ``configs`` (paths below configs/), in order."""
-    return [item for config in configs for item in ("--config", str(CONFIGS / config))]
 
 
 def common_args(epochs: int) -> list[str]:
@@ -113,9 +107,12 @@ def run_gdml(seed: int, epochs: int, teacher_epochs: int) -> dict[str, float]:
 def run_baseline(loss: str, seed: int, epochs: int) -> dict[str, float]:
     """One paper-protocol baseline (configs/gdml/baselines) on the student's backbone, data and epochs."""
     with tempfile.TemporaryDirectory() as runs:
-        args = stack(
-            *FASHION_MNIST[:1], "gdml/baselines/base.yaml", *FASHION_MNIST[1:], f"gdml/baselines/{loss}.yaml"
+        loss_configs = (
+            ["gdml/baselines/triplet_network.yaml"]
+            if loss == "triplet_network"
+            else [f"losses/{loss}.yaml", "gdml/baselines/without_miner.yaml"]
         )
+        args = stack(*FASHION_MNIST[:1], "gdml/baselines/base.yaml", *FASHION_MNIST[1:], *loss_configs)
         args += common_args(epochs)
         if loss == "triplet_network":  # not the authors' 512 per class pair: 2.3 × an epoch's images
             args += ["--data.init_args.sampler.init_args.triplets_per_pair", str(TRIPLETS_PER_PAIR)]
@@ -163,10 +160,10 @@ weight decay 1e-4, gradient clipping by value 0.1, ReduceLROnPlateau on the epoc
 PML baselines 0.6/1, Triplet-Network 0.2/3). No augmentation. G-DML's GEMINI teacher: the paper's recipe
 (configs/gdml/teacher.yaml and fashion_mnist_teacher.yaml: one stream per class, b = 64 triplets per class
 pair, SGD 1e-3, raw pixels) for {arguments.teacher_epochs} epochs. Baselines (configs/gdml/baselines/): PML's
-contrastive, triplet, margin and multi-similarity losses without a miner; `triplet_network` is the authors'
-own baseline ({TRIPLETS_PER_PAIR} fixed triplets per class pair, so that an epoch sees about as many images as
-the others', dealt into shuffled batches of {TRIPLETS_PER_PAIR} triplets; torch's triplet loss with margin 3;
-the authors use 512 and 512).
+contrastive, triplet, margin and multi-similarity losses (configs/losses/) without a miner;
+`triplet_network` is the authors' own baseline ({TRIPLETS_PER_PAIR} fixed triplets per class pair, so that an
+epoch sees about as many images as the others', dealt into shuffled batches of {TRIPLETS_PER_PAIR} triplets;
+torch's triplet loss with margin 3; the authors use 512 and 512).
 The paper trains a CIFAR-style ResNet-18 (width 64) for 50 epochs on a GPU, 10 runs.
 
 Metrics: `1nn_macro_recall` / `1nn_macro_f1` (the 1-NN classifier's macro recall and F1: the paper's Recall@1

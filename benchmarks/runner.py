@@ -20,6 +20,7 @@ from scipy import stats
 from lightning_dml.cli import DMLCLI
 
 RESULTS = Path(__file__).parent / "results"
+CONFIGS = Path(__file__).parents[1] / "configs"
 
 
 @dataclass
@@ -28,6 +29,11 @@ class Entry:
 
     name: str
     run: Callable[[int], dict[str, float]]
+
+
+def stack(*configs: str) -> list[str]:
+    """``--config`` arguments for ``configs`` (paths below configs/), in order."""
+    return [item for config in configs for item in ("--config", str(CONFIGS / config))]
 
 
 def cli_entry(name: str, subcommand: str, *args: str) -> Entry:

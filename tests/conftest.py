@@ -10,11 +10,31 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def quick_cli_args(runs: Path, config: str = "configs/quickstart.yaml") -> list[str]:
-    """Arguments that make a config run one quiet epoch in seconds, logging under ``runs``."""
+#: DeML's small-CNN recipe on the bundled digits: the dataset, the recipe, the digits overlay.
+DEML_DIGITS = ("configs/data/digits.yaml", "configs/deml/small_cnn.yaml", "configs/deml/digits.yaml")
+#: The G-DML stages on the bundled digits: the dataset, the stage's recipe, the digits overlay.
+GDML_DIGITS_TEACHER = (
+    "configs/data/digits.yaml",
+    "configs/gdml/teacher.yaml",
+    "configs/gdml/digits_teacher.yaml",
+)
+GDML_DIGITS_STUDENT = (
+    "configs/data/digits.yaml",
+    "configs/gdml/student.yaml",
+    "configs/gdml/digits_student.yaml",
+)
+
+
+def config_args(*configs: str) -> list[str]:
+    """``--config`` arguments stacking ``configs`` (paths below the repository), in order."""
+    return [item for config in configs for item in ("--config", str(REPO / config))]
+
+
+def quick_cli_args(runs: Path, *configs: str) -> list[str]:
+    """Arguments that make stacked configs (default: the quickstart) run one quiet epoch in seconds, logging
+    under ``runs``."""
     return [
-        "--config",
-        str(REPO / config),
+        *config_args(*(configs or ("configs/quickstart.yaml",))),
         "--trainer.max_epochs",
         "1",
         "--trainer.enable_progress_bar",
@@ -26,16 +46,21 @@ def quick_cli_args(runs: Path, config: str = "configs/quickstart.yaml") -> list[
     ]
 
 
-def data_module_of(config: str) -> Any:
-    """The data module of ``configs/<config>.yaml``, instantiated as the CLI does (not set up)."""
+def data_module_of(*configs: str) -> Any:
+    """The data module of stacked ``configs`` (paths below the repository), instantiated as the CLI does (not
+    set up)."""
     from jsonargparse import ArgumentParser
 
     from lightning_dml.data import RetrievalDataModule
 
     parser = ArgumentParser()
     parser.add_subclass_arguments(RetrievalDataModule, "data")
-    spec = yaml.safe_load((REPO / f"configs/{config}.yaml").read_text())["data"]
-    return parser.instantiate_classes(parser.parse_object({"data": spec})).data
+    parsed = None
+    for config in configs:
+        spec = yaml.safe_load((REPO / config).read_text()).get("data")
+        if spec:
+            parsed = parser.parse_object({"data": spec}, namespace=parsed)
+    return parser.instantiate(parsed).data
 
 
 def summary_rows(text: str) -> dict[str, list[str]]:

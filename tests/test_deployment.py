@@ -285,7 +285,7 @@ def free_port() -> int:
 @functools.cache
 def steps_per_rank_of_quickstart(world_size: int) -> int:
     """Optimizer steps per rank in the quickstart's first epoch with ``world_size`` processes."""
-    data = data_module_of("quickstart")
+    data = data_module_of("configs/quickstart.yaml")
     data.setup("fit")
     sampler = ClassBalancedBatchSampler(
         data.train_set.labels,

@@ -7,7 +7,7 @@ from pytorch_metric_learning.losses import NormalizedSoftmaxLoss
 
 from lightning_dml.cli import DMLCLI
 from lightning_dml.methods import DeML
-from tests.conftest import REPO, quick_cli_args
+from tests.conftest import DEML_DIGITS, REPO, config_args, quick_cli_args
 
 DOCUMENTS = [REPO / "README.md", *REPO.glob("configs/**/*.yaml"), *REPO.glob("benchmarks/*.py")]
 CONFIG_PATH = re.compile(r"configs/[\w/.-]+\.yaml")
@@ -20,9 +20,8 @@ def test_every_config_a_document_names_exists(document):
 
 
 def test_the_deml_digits_u512_overlay_builds_one_stream_one_learner_as_wide_as_deml():
-    configs = ["--config", str(REPO / "configs/deml/digits.yaml")]
-    deml = DMLCLI(args=configs, run=False).model
-    u512 = DMLCLI(args=[*configs, "--config", str(REPO / "configs/deml/u512_digits.yaml")], run=False).model
+    deml = DMLCLI(args=config_args(*DEML_DIGITS), run=False).model
+    u512 = DMLCLI(args=config_args(*DEML_DIGITS, "configs/deml/u512_small.yaml"), run=False).model
     assert isinstance(u512, DeML) and u512.hparams.streams == u512.hparams.learners == 1
     width = deml.hparams.streams * deml.hparams.learners * deml.hparams.embedding_size
     assert u512.hparams.embedding_size == width

@@ -6,9 +6,14 @@ import pytest
 import torch
 
 from lightning_dml.cli import DMLCLI
-from tests.conftest import data_module_of
+from tests.conftest import DEML_DIGITS, GDML_DIGITS_STUDENT, GDML_DIGITS_TEACHER, data_module_of
 
-DIGITS_CONFIGS = ["quickstart", "deml/digits", "gdml/digits_teacher", "gdml/digits_student"]
+DIGITS_CONFIGS = [
+    ("configs/quickstart.yaml",),
+    DEML_DIGITS,
+    GDML_DIGITS_TEACHER,
+    GDML_DIGITS_STUDENT,
+]
 
 
 class Record(L.Callback):
@@ -62,9 +67,9 @@ def test_every_epoch_trains_all_its_batches_and_is_validated(quick_args, sampler
     assert record.batches == dict.fromkeys(range(4), cli.trainer.num_training_batches)
 
 
-@pytest.mark.parametrize("config", DIGITS_CONFIGS)
-def test_each_digits_configs_training_loader_has_one_length_in_every_epoch(config):
-    data = data_module_of(config)
+@pytest.mark.parametrize("configs", DIGITS_CONFIGS, ids=lambda configs: configs[-1])
+def test_each_digits_configs_training_loader_has_one_length_in_every_epoch(configs):
+    data = data_module_of(*configs)
     data.setup("fit")
     loader = data.train_dataloader()
     lengths = set()

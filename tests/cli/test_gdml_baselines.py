@@ -32,9 +32,15 @@ def student_configs(dataset: str) -> list[str]:
 
 
 def baseline_configs(dataset: str, loss: str) -> list[str]:
-    """The stack of a paper baseline with ``loss`` on ``dataset``."""
+    """The stack of a paper baseline with ``loss`` on ``dataset`` (a configs/losses/ file without its miner,
+    or the authors' Triplet-Network)."""
     data, *overlay = paper_values(dataset)
-    return [data, "gdml/baselines/base.yaml", *overlay, f"gdml/baselines/{loss}.yaml"]
+    loss_configs = (
+        ["gdml/baselines/triplet_network.yaml"]
+        if loss == "triplet_network"
+        else [f"losses/{loss}.yaml", "gdml/baselines/without_miner.yaml"]
+    )
+    return [data, "gdml/baselines/base.yaml", *overlay, *loss_configs]
 
 
 def recipe(cli: DMLCLI) -> dict:

@@ -11,20 +11,26 @@ from sklearn.metrics import f1_score, recall_score
 
 from lightning_dml.cli import DMLCLI
 from lightning_dml.errors import DataError
-from tests.conftest import quick_cli_args, summary_rows, tensorboard_scalars
+from tests.conftest import (
+    GDML_DIGITS_STUDENT,
+    GDML_DIGITS_TEACHER,
+    quick_cli_args,
+    summary_rows,
+    tensorboard_scalars,
+)
 from tests.reference import assert_logged, brute_force_metrics, embed_loader
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def fit(config: str, runs: Path, *args: str) -> DMLCLI:
-    return DMLCLI(args=["fit", *quick_cli_args(runs, f"configs/gdml/{config}"), *args])
+def fit(configs: tuple[str, ...], runs: Path, *args: str) -> DMLCLI:
+    return DMLCLI(args=["fit", *quick_cli_args(runs, *configs), *args])
 
 
 def test_teacher_then_student_through_the_cli(tmp_path, capsys, caplog, monkeypatch):
     monkeypatch.setenv("COLUMNS", "400")  # no line wrapping in the summary panel
     caplog.set_level(logging.INFO)
-    teacher = fit("digits_teacher.yaml", tmp_path, "--trainer.limit_train_batches", "40")
+    teacher = fit(GDML_DIGITS_TEACHER, tmp_path, "--trainer.limit_train_batches", "40")
     run = Path(teacher.trainer.log_dir)
     assert (run / "targets.pt").is_file()
     (accuracy,) = tensorboard_scalars(run)["targets/1nn_accuracy"].values()
@@ -41,7 +47,7 @@ def test_teacher_then_student_through_the_cli(tmp_path, capsys, caplog, monkeypa
     assert {"test/map@r", "test/1nn_macro_f1"} <= set(teacher.trainer.callback_metrics)
 
     student = fit(
-        "digits_student.yaml",
+        GDML_DIGITS_STUDENT,
         tmp_path,
         "--trainer.limit_train_batches",
         "10",
@@ -65,7 +71,7 @@ def test_teacher_then_student_through_the_cli(tmp_path, capsys, caplog, monkeypa
 
     # from the teacher's checkpoint instead: the same targets, computed in memory, nothing written
     from_checkpoint = fit(
-        "digits_student.yaml",
+        GDML_DIGITS_STUDENT,
         tmp_path,
         "--trainer.limit_train_batches",
         "2",
@@ -79,7 +85,7 @@ def test_teacher_then_student_through_the_cli(tmp_path, capsys, caplog, monkeypa
 
     with pytest.raises(DataError, match="retrain the teacher"):
         fit(
-            "digits_student.yaml",
+            GDML_DIGITS_STUDENT,
             tmp_path,
             "--data.init_args.seed",
             "3",

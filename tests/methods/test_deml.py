@@ -11,7 +11,7 @@ from lightning_dml.cli import DMLCLI
 from lightning_dml.losses.deml import activation_penalty, hinge_adversary_loss, unit_row_norm_penalty
 from lightning_dml.methods import DeML
 from lightning_dml.models import SplitSmallCNN
-from tests.conftest import REPO, quick_cli_args
+from tests.conftest import DEML_DIGITS, REPO, quick_cli_args
 from tests.reference import assert_logged, reference_metrics
 
 
@@ -109,7 +109,7 @@ def test_u512_switches_leave_a_single_plain_learner() -> None:
 def deml_digits_args(tmp_path: Path) -> list[str]:
     """:func:`quick_cli_args` for the DeML digits config, 3 batches, logging every step."""
     return [
-        *quick_cli_args(tmp_path / "runs", "configs/deml/digits.yaml"),
+        *quick_cli_args(tmp_path / "runs", *DEML_DIGITS),
         "--trainer.limit_train_batches",
         "3",
         "--trainer.log_every_n_steps",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lightning_dml.cli import DMLCLI
-from tests.conftest import quick_cli_args
+from tests.conftest import DEML_DIGITS, GDML_DIGITS_STUDENT, GDML_DIGITS_TEACHER, quick_cli_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,9 +24,9 @@ FAST = [
 ]
 
 
-def before_and_after_fit(runs: Path, config: str, key: str, *args: str) -> tuple[float, float]:
+def before_and_after_fit(runs: Path, configs: tuple[str, ...], key: str, *args: str) -> tuple[float, float]:
     """The metric ``key`` of the untrained network (validated first) and after fitting, in one process."""
-    cli = DMLCLI(args=[*quick_cli_args(runs, config), *FAST, *args], run=False)
+    cli = DMLCLI(args=[*quick_cli_args(runs, *configs), *FAST, *args], run=False)
     before = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0][key]
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return before, float(cli.trainer.callback_metrics[key])
@@ -36,22 +36,22 @@ def quickstart(runs: Path, *args: str) -> tuple[float, float]:
     """MetricLearning, the quickstart recipe (15 epochs, validated at the end): MAP@R on held-out images of
     digits 0-4 (``val_seen``)."""
     epochs = ["--trainer.max_epochs", "15", "--trainer.check_val_every_n_epoch", "15"]
-    return before_and_after_fit(runs, "configs/quickstart.yaml", "val_seen/map@r", *epochs, *args)
+    return before_and_after_fit(runs, ("configs/quickstart.yaml",), "val_seen/map@r", *epochs, *args)
 
 
 def deml(runs: Path, *args: str) -> tuple[float, float]:
-    """DeML, configs/deml/digits.yaml for 3 epochs: MAP@R on held-out images of digits 0-4 (``val``)."""
+    """DeML, the small-CNN recipe on digits for 3 epochs: MAP@R on held-out images of digits 0-4 (``val``)."""
     epochs = ["--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "3"]
-    return before_and_after_fit(runs, "configs/deml/digits.yaml", "val/map@r", *epochs, *args)
+    return before_and_after_fit(runs, DEML_DIGITS, "val/map@r", *epochs, *args)
 
 
 def guided_student(runs: Path, *args: str) -> tuple[float, float]:
-    """G-DML: the GEMINI teacher, then the guided student (3 epochs each, the configs' own): MAP@R of the
-    closed-set test images of the trained digits searched among the training images (``val``)."""
+    """G-DML: the GEMINI teacher, then the guided student (3 epochs each, the digits overlays' own): MAP@R of
+    the closed-set test images of the trained digits searched among the training images (``val``)."""
     teacher = DMLCLI(
         args=[
             "fit",
-            *quick_cli_args(runs, "configs/gdml/digits_teacher.yaml"),
+            *quick_cli_args(runs, *GDML_DIGITS_TEACHER),
             "--trainer.max_epochs",
             "3",
             *args,
@@ -59,7 +59,7 @@ def guided_student(runs: Path, *args: str) -> tuple[float, float]:
     )
     targets = Path(teacher.trainer.log_dir) / "targets.pt"
     student = ["--model.init_args.teacher", str(targets), "--trainer.max_epochs", "3"]
-    return before_and_after_fit(runs, "configs/gdml/digits_student.yaml", "val/map@r", *student, *args)
+    return before_and_after_fit(runs, GDML_DIGITS_STUDENT, "val/map@r", *student, *args)
 
 
 @pytest.mark.parametrize(
