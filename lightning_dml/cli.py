@@ -21,7 +21,7 @@ from lightning_dml.callbacks import (
 )
 from lightning_dml.callbacks.run_summary import shared_log_directory
 from lightning_dml.cli_errors import OneLineErrorParser
-from lightning_dml.cli_facts import fill_facts
+from lightning_dml.cli_facts import fill_facts, fill_normalisation
 from lightning_dml.data.datamodule import RetrievalDataModule
 from lightning_dml.errors import LightningDMLError
 from lightning_dml.methods import RetrievalModule
@@ -156,13 +156,16 @@ class DMLCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         """Instantiate the data module first and write the facts it knows into the model's config
         (:func:`~lightning_dml.cli_facts.fill_facts`), then the rest; that data module is the run's (the
-        parser builds a second one, never set up, which is dropped: the config must stay free of objects)."""
+        parser builds a second one, never set up, which is dropped: the config must stay free of objects).
+        Last, the data takes the built backbone's normalisation (:func:`~lightning_dml.cli_facts.
+        fill_normalisation`), recorded in the config before the run saves it (the trainer's ``setup``)."""
         config = self.config.get(str(self.subcommand), self.config)
         datamodule = self._parser(self.subcommand).instantiate_classes(Namespace(data=config.data)).data
         fill_facts(config.model, datamodule)
         vars(self).pop("config_dump", None)  # LightningCLI's dump of the config, taken before the facts
         super().instantiate_classes()
         self.config_init.get(str(self.subcommand), self.config_init).data = self.datamodule = datamodule
+        fill_normalisation(config.data, self.model, datamodule)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """Build the trainer with the run summary, and a rich progress bar showing the key metric unless the

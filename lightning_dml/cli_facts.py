@@ -6,6 +6,9 @@ loss's ``num_classes``): a link whose target the chosen class lacks is skipped b
 LightningCLI still writes its value into the model's saved hyper-parameters (``_InstantiatorFn``), which
 then no longer rebuild the model (measured with lightning 2.6.6, jsonargparse 4.53). Hence this table,
 applied by the CLI between the data module's instantiation and the model's.
+
+One fact goes the other way, from the built model to the data: the normalisation its backbone was trained
+with (:func:`fill_normalisation`).
 """
 
 from __future__ import annotations
@@ -13,11 +16,15 @@ from __future__ import annotations
 import importlib
 import inspect
 import operator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jsonargparse import Namespace
 
 from lightning_dml.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lightning_dml.data.datamodule import RetrievalDataModule
+    from lightning_dml.methods import RetrievalModule
 
 #: Model parameters (below ``model.init_args``) set from a data module attribute (dotted), wherever the
 #: chosen classes take them. ``num_train_classes`` reads the training labels (the data module's ``setup``).
@@ -53,6 +60,32 @@ def fill_facts(model: Namespace, datamodule: Any) -> None:
                     "leave it out of the config"
                 )
             init_args[key] = value
+
+
+def fill_normalisation(data: Namespace, model: RetrievalModule, datamodule: RetrievalDataModule) -> None:
+    """Normalise the images as the model's backbone expects: the ``mean`` and ``std`` of its
+    ``pretrained_cfg`` go to the data module (:meth:`~RetrievalDataModule.normalise_with`) and into the data
+    config ``data`` (so that the saved config records them); a value the config sets to something else
+    raises a ConfigError. Nothing changes without a ``pretrained_cfg``, with ``raw_pixels``, or when the
+    data's channel count is not the length of the backbone's mean."""
+    pretrained_cfg = model.pretrained_cfg
+    if pretrained_cfg is None or datamodule.preprocessing.raw_pixels:
+        return
+    # A backbone rebuilt for another channel count (in_channels: 1 for grey images) keeps its RGB statistics,
+    # which do not describe its input: the dataset's own normalisation stays.
+    if len(pretrained_cfg["mean"]) != datamodule.num_channels:
+        return
+    transforms = data.init_args.transforms
+    values = {name: tuple(pretrained_cfg[name]) for name in ("mean", "std")}
+    for name, value in values.items():
+        given = transforms[name]
+        if given is not None and tuple(given) != value:
+            raise ConfigError(
+                f"data.init_args.transforms.{name} is {list(given)}, but it is set from the backbone's "
+                f"pretrained_cfg {name}, {list(value)}; leave it out of the config"
+            )
+        transforms[name] = list(value)
+    datamodule.normalise_with(**values)
 
 
 def parameter_default(model: Namespace, key: str) -> Any:

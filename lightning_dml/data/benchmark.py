@@ -111,8 +111,8 @@ class BenchmarkDataModule(ImageFileDataModule):
     ``where_to_get``, ``published`` ((part, images, classes or ``None``) per part) and ``split_note``, and
     implement :meth:`read`. Preprocessing, the field's (``transforms`` changes it): training resizes the
     shorter side to 256, takes a random resized crop of 224 and flips; evaluation resizes to 256 and takes the
-    centre crop; ImageNet normalisation (``transforms.image_size: 227`` for GoogLeNet-era recipes; set
-    ``transforms.normalization_from`` to the backbone's timm name so that mean and std are its own).
+    centre crop; ImageNet normalisation, which the CLI replaces by the backbone's ``pretrained_cfg`` mean and
+    std (``transforms.image_size: 227`` for GoogLeNet-era recipes).
 
     Args:
         root: the dataset folder (or its parent).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Literal
 
 import lightning as L
@@ -111,6 +112,17 @@ class RetrievalDataModule(L.LightningDataModule):
     def transform(self, train: bool) -> Callable | None:
         """Return the transform of training (``train``) or evaluation images (from ``preprocessing``)."""
         return self.preprocessing.transform(train)
+
+    def normalise_with(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalise images with ``mean`` and ``std``: ``preprocessing`` takes them, and the sets already
+        built (by an early ``setup``) get the training and evaluation transforms recomputed from it."""
+        self.preprocessing = replace(self.preprocessing, mean=tuple(mean), std=tuple(std))
+        if self.train_set is None:
+            return
+        train_t, eval_t = self.transform(train=True), self.transform(train=False)
+        self.train_set.transform = train_t
+        for dataset in [self.test_set, *self.val_sets.values()]:
+            dataset.transform = eval_t
 
     @property
     def num_train_classes(self) -> int:

@@ -16,8 +16,6 @@ from typing import Literal
 import torch
 from torchvision.transforms import v2
 
-from lightning_dml.errors import DataError
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -104,19 +102,6 @@ def raw_pixel_transform(preprocessing: Preprocessing) -> v2.Compose:
     return replace(preprocessing, raw_pixels=True).transform(train=False)
 
 
-def timm_normalization(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Return ``(mean, std)`` of a timm model's ``pretrained_cfg``; an unknown name raises a DataError."""
-    import timm  # deferred for start-up time
-
-    cfg = timm.get_pretrained_cfg(model_name)
-    if cfg is None:
-        raise DataError(
-            f"normalization_from: timm has no pretrained config {model_name!r}; name a timm model "
-            "(e.g. resnet50.tv_in1k) or set mean and std instead"
-        )
-    return tuple(cfg.mean), tuple(cfg.std)
-
-
 @dataclass(frozen=True)
 class Transforms:
     """The ``transforms`` of a data module: changes to the dataset's :class:`Preprocessing` defaults.
@@ -129,10 +114,9 @@ class Transforms:
         resize: size images are resized to before cropping (one number: the shorter side; two: ``[h, w]``).
         crop: the training crop: ``random_resized`` or ``random``; setting it crops datasets that do not.
         crop_scale: area fraction range of the ``random_resized`` crop.
-        mean: normalisation mean; must equal the backbone's ``pretrained_cfg["mean"]`` when there is one.
-        std: normalisation standard deviation; must equal the backbone's ``pretrained_cfg["std"]``.
-        normalization_from: a timm model name whose ``pretrained_cfg`` gives mean and std (overriding them);
-            configs set it to the backbone's name by interpolation, so the two cannot disagree.
+        mean: normalisation mean; leave it out when the backbone has a ``pretrained_cfg``: the CLI then sets
+            it to ``pretrained_cfg["mean"]`` (and refuses another value).
+        std: normalisation standard deviation; like ``mean``, from ``pretrained_cfg["std"]``.
         augment: augment training images (the dataset's augmentation, or the random crop and flip).
         raw_pixels: feed float pixel values in 0–255, without scaling or normalisation (the GEMINI teacher's
             input scale).
@@ -144,7 +128,6 @@ class Transforms:
     crop_scale: tuple[float, float] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    normalization_from: str | None = None
     augment: bool = True
     raw_pixels: bool = False
 
@@ -155,8 +138,6 @@ class Transforms:
         changes = {
             name: tuple(v) if isinstance(v, list) else v for name, v in given.items()
         }  # lists from Python
-        if self.normalization_from is not None:
-            changes["mean"], changes["std"] = timm_normalization(self.normalization_from)
         return replace(defaults, **changes, augment=self.augment, raw_pixels=self.raw_pixels)
 
 

@@ -88,6 +88,14 @@ class RetrievalModule(L.LightningModule):
         self.configured_lrs: list[float] | None = None
         self._checkpoint_lrs: list[float] | None = None
 
+    @property
+    def pretrained_cfg(self) -> dict[str, Any] | None:
+        """The backbone's ``pretrained_cfg`` (timm's format: ``mean``, ``std``, ``input_size``): that of the
+        first child module carrying one (the backbone; DeML's network keeps its backbone's), ``None`` when
+        none does (small CNNs, the GEMINI teacher)."""
+        configs = (getattr(child, "pretrained_cfg", None) for child in self.children())
+        return next((config for config in configs if config is not None), None)
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Return the evaluation embeddings (B, D) of a batch of images."""
         raise NotImplementedError

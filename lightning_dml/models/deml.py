@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -179,6 +180,8 @@ class DeMLNetwork(nn.Module):
             )
             for _ in range(streams)
         )
+        #: The backbone's ``pretrained_cfg`` (its normalisation), kept as the split drops the backbone object.
+        self.pretrained_cfg: dict[str, Any] | None = getattr(backbone, "pretrained_cfg", None)
         self.learners = learners
         self.embedding_size = embedding_size
         self.object_attention = object_attention

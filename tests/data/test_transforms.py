@@ -9,7 +9,6 @@ from torchvision.transforms import v2
 
 from lightning_dml.data import CIFAR10, CIFAR100, CUB200, MNIST, Digits, FashionMNIST, ImageFolder, Transforms
 from lightning_dml.data.transforms import IMAGENET_MEAN, IMAGENET_STD, raw_pixel_transform
-from lightning_dml.errors import DataError
 
 RNG = np.random.default_rng(0)
 PHOTO = Image.fromarray(RNG.integers(0, 256, (300, 400, 3), dtype=np.uint8))
@@ -109,12 +108,13 @@ def test_the_deml_recipe_is_a_fixed_resize_and_a_plain_random_crop():
     assert_same(data.transform(train=False), v2.Compose(evaluation), PHOTO)
 
 
-def test_normalization_from_takes_the_timm_models_statistics_and_refuses_unknown_names():
-    data = CUB200(
-        root="x", validation=[], transforms=Transforms(normalization_from="vit_base_patch16_224.augreg_in21k")
-    )
-    assert data.preprocessing.mean == (0.5, 0.5, 0.5) and data.preprocessing.std == (0.5, 0.5, 0.5)
-    with pytest.raises(
-        DataError, match=r"^normalization_from: timm has no pretrained config 'no_such_model'"
-    ):
-        CUB200(root="x", transforms=Transforms(normalization_from="no_such_model"))
+def test_normalise_with_changes_the_transforms_of_the_sets_already_built():
+    data = Digits(validation=["seen", "unseen"], val_classes=2)
+    data.setup()
+    data.normalise_with([0.5], [0.25])
+    affine = v2.RandomAffine(degrees=10, translate=(0.125, 0.125), scale=(0.9, 1.1))
+    image = small(1, 8)
+    assert_same(data.train_set.transform, v2.Compose([v2.ToImage(), affine, *scaled((0.5,), (0.25,))]), image)
+    for dataset in [data.test_set, *data.val_sets.values()]:
+        assert_same(dataset.transform, v2.Compose([v2.ToImage(), *scaled((0.5,), (0.25,))]), image)
+    assert data.preprocessing.display_normalisation() == ((0.5,), (0.25,))

@@ -221,7 +221,7 @@ def validate_args(config: str, tmp_path: Path) -> list[str]:
 
 def check_config_matches_backbone(config: str) -> None:
     """Assert that ``configs/resnet50_ms.yaml`` on a dataset config normalises and crops as its timm
-    backbone's ``pretrained_cfg`` says."""
+    backbone's ``pretrained_cfg`` says, and that the run's config records that mean and std."""
     from lightning_dml.cli import DMLCLI
 
     offline = ["--model.init_args.backbone.init_args.pretrained", "false"]
@@ -236,4 +236,6 @@ def check_config_matches_backbone(config: str) -> None:
     cfg = timm.get_pretrained_cfg(model.hparams["backbone"]["init_args"]["name"]).to_dict()
     preprocessing = data.preprocessing
     assert preprocessing.mean == cfg["mean"] and preprocessing.std == cfg["std"]
+    transforms = cli.config.data.init_args.transforms
+    assert (tuple(transforms.mean), tuple(transforms.std)) == (cfg["mean"], cfg["std"])
     assert preprocessing.image_size == cfg["input_size"][-1] and model.hparams["embedding_size"] == 512
