@@ -55,7 +55,7 @@ class DeML(RetrievalModule):
         gather_across_ranks: under DDP, compute the metric loss on every rank's embeddings, as
             :class:`~lightning_dml.methods.MetricLearning` does; the other terms are per image and need no
             gathering (DDP's gradient average makes them the mean over all ranks' images).
-        **kwargs: optimizer and scheduler options of :class:`RetrievalModule`.
+        **kwargs: optimizer, scheduler and memory-format options of :class:`RetrievalModule`.
     """
 
     def __init__(

@@ -181,7 +181,7 @@ class GeminiTeacher(RetrievalModule):
         margin: α of the triplet term.
         feature_weight: λ, the weight of the stream-feature term.
         raw_pixels: the network is fed float pixels in 0–255 (checked against the data module).
-        **kwargs: optimizer and scheduler options of :class:`RetrievalModule`.
+        **kwargs: optimizer, scheduler and memory-format options of :class:`RetrievalModule`.
     """
 
     def __init__(
@@ -297,7 +297,7 @@ class GuidedStudent(RetrievalModule):
         teacher: the teacher run's targets file (``targets.pt``), or its checkpoint: the targets are then
             computed from it (see :func:`teacher_targets`).
         embedding_size: d, the teacher's output size.
-        **kwargs: optimizer and scheduler options of :class:`RetrievalModule`.
+        **kwargs: optimizer, scheduler and memory-format options of :class:`RetrievalModule`.
     """
 
     def __init__(

@@ -31,7 +31,7 @@ class MetricLearning(RetrievalModule):
             batch of W·B. Only the local embeddings carry gradient; the loss is scaled by W so that DDP's
             gradient average equals the gradient of the single-process W·B batch. Needs PML-style losses
             and miners. ``False``: each rank's loss sees its own batch only.
-        **kwargs: optimizer and scheduler options of :class:`RetrievalModule`.
+        **kwargs: optimizer, scheduler and memory-format options of :class:`RetrievalModule`.
     """
 
     def __init__(

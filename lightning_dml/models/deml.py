@@ -100,12 +100,14 @@ class DeMLStream(nn.Module):
         if self.attentions:  # the J modulated maps share one pass through the upper layers
             trunk = torch.cat([attention(trunk) for attention in self.attentions])
         upper = self.upper(trunk)
-        pooled = upper.mean(dim=(-2, -1)).view(-1, batch, upper.shape[1])
-        if self.attentions:
-            embeddings = self.embeddings[0](pooled)
-        else:
-            embeddings = torch.stack([layer(pooled[0]) for layer in self.embeddings])
-            pooled = pooled.expand(self.learners, -1, -1)
+        # Pooling and embeddings in float32 under mixed precision too: they feed the losses and the metrics.
+        with torch.autocast(images.device.type, enabled=False):
+            pooled = upper.float().mean(dim=(-2, -1)).view(-1, batch, upper.shape[1])
+            if self.attentions:
+                embeddings = self.embeddings[0](pooled)
+            else:
+                embeddings = torch.stack([layer(pooled[0]) for layer in self.embeddings])
+                pooled = pooled.expand(self.learners, -1, -1)
         return embeddings, pooled, upper[:batch]
 
 
@@ -193,9 +195,9 @@ class DeMLNetwork(nn.Module):
         self, upper: torch.Tensor, image_size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention maps (B, h, w) of an upper map and the crop boxes (B, 4) they select (no gradient)."""
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(upper.device.type, enabled=False):  # float32: power iterations
             maps = random_walk_attention(
-                upper.detach(), self.attention_sigma, self.attention_steps, self.stationary_attention
+                upper.detach().float(), self.attention_sigma, self.attention_steps, self.stationary_attention
             )
             return maps, attention_crop_boxes(maps, image_size)
 

@@ -42,5 +42,7 @@ class EmbeddingHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Embeddings (B, embedding_size) of features (B, in_features); unit L2 norm if ``normalize``."""
-        embeddings = self.layers(features)
+        # In float32 under mixed precision too: the embeddings feed the loss and the exact metrics.
+        with torch.autocast(features.device.type, enabled=False):
+            embeddings = self.layers(features.float())
         return F.normalize(embeddings, dim=1) if self.normalize else embeddings
