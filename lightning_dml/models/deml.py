@@ -20,6 +20,7 @@ from torch import nn
 from lightning_dml.errors import ConfigError
 from lightning_dml.models.deml_attention import attention_crop_boxes, crop_and_resize, random_walk_attention
 from lightning_dml.models.deml_split import BackboneSplit, GoogLeNetInput, SplitSmallCNN, split_backbone
+from lightning_dml.models.heads import without_autocast
 
 __all__ = [
     "BackboneSplit",
@@ -35,6 +36,11 @@ __all__ = [
     "random_walk_attention",
     "split_backbone",
 ]
+
+# Leaves of a torch.fx trace (readouts trace DeML): their checks and crops depend on tensor values.
+torch.fx.wrap("random_walk_attention")
+torch.fx.wrap("attention_crop_boxes")
+torch.fx.wrap("crop_and_resize")
 
 
 def caffe_xavier_(layer: nn.Conv2d | nn.Linear) -> None:
@@ -95,13 +101,13 @@ class DeMLStream(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embeddings (J, B, d), pooled features (J, B, C) and learner 1's upper map (B, C, h, w)."""
-        batch = len(images)
+        batch = images.shape[0]
         trunk = self.trunk(images)
         if self.attentions:  # the J modulated maps share one pass through the upper layers
             trunk = torch.cat([attention(trunk) for attention in self.attentions])
         upper = self.upper(trunk)
         # Pooling and embeddings in float32 under mixed precision too: they feed the losses and the metrics.
-        with torch.autocast(images.device.type, enabled=False):
+        with without_autocast(self):
             pooled = upper.float().mean(dim=(-2, -1)).view(-1, batch, upper.shape[1])
             if self.attentions:
                 embeddings = self.embeddings[0](pooled)
@@ -195,7 +201,7 @@ class DeMLNetwork(nn.Module):
         self, upper: torch.Tensor, image_size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention maps (B, h, w) of an upper map and the crop boxes (B, 4) they select (no gradient)."""
-        with torch.no_grad(), torch.autocast(upper.device.type, enabled=False):  # float32: power iterations
+        with torch.no_grad(), without_autocast(self):  # float32 power iterations
             maps = random_walk_attention(
                 upper.detach().float(), self.attention_sigma, self.attention_steps, self.stationary_attention
             )

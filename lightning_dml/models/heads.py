@@ -7,6 +7,12 @@ from torch import nn
 from lightning_dml.errors import ConfigError
 
 
+def without_autocast(module: nn.Module) -> torch.autocast:
+    """A context that turns mixed-precision autocast off on ``module``'s device (read from its parameters,
+    so that torch.fx can trace through it)."""
+    return torch.autocast(next(module.parameters()).device.type, enabled=False)
+
+
 class EmbeddingHead(nn.Module):
     """Projects features (B, in_features) to embeddings (B, embedding_size).
 
@@ -43,6 +49,6 @@ class EmbeddingHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Embeddings (B, embedding_size) of features (B, in_features); unit L2 norm if ``normalize``."""
         # In float32 under mixed precision too: the embeddings feed the loss and the exact metrics.
-        with torch.autocast(features.device.type, enabled=False):
+        with without_autocast(self):
             embeddings = self.layers(features.float())
         return F.normalize(embeddings, dim=1) if self.normalize else embeddings

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from lightning_dml.errors import ConfigError
 from lightning_dml.losses import BinomialDevianceLoss
-from lightning_dml.methods import MetricLearning
-from lightning_dml.models import LayerReadouts, Readout, SmallCNN
+from lightning_dml.methods import DeML, MetricLearning
+from lightning_dml.models import LayerReadouts, Readout, SmallCNN, SplitSmallCNN
 from lightning_dml.models.readouts import random_projection
 
 
@@ -78,3 +78,17 @@ def test_unknown_layer_and_bad_names_are_one_line_errors():
         LayerReadouts(small_model(), {"x": Readout("backbone.nowhere")})
     with pytest.raises(ConfigError, match="without '/'"):
         LayerReadouts(small_model(), {"a/b": Readout("backbone.blocks.1")})
+
+
+def test_deml_traces_so_its_trunk_and_test_embedding_are_readouts():
+    torch.manual_seed(0)
+    backbone = SplitSmallCNN(in_channels=1, pooled_blocks=2)
+    model = DeML(backbone, streams=2, learners=3, embedding_size=8).eval()
+    trunk = "network.streams.0.trunk.1.3"
+    readouts = LayerReadouts(model, {"grid": Readout(trunk, "grid", size=7), "embedding": Readout("flatten")})
+    images = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        features = readouts(images)
+        expected_grid = model.network.streams[0].trunk(images).flatten(1)  # already 7×7
+        assert torch.equal(features["grid"], expected_grid)
+        assert torch.equal(features["embedding"], model.embed(images))
