@@ -37,12 +37,16 @@ def load_images(
     """Images ``dataset[i]["image"]`` for ``i`` in ``positions`` as ``(N, C, size, size)`` floats in [0, 1].
 
     The evaluation transform's normalisation is undone with ``mean`` and ``std`` (per channel or one value);
-    ``size`` resizes each image to that square (``None``: keep the size, which must then be common).
+    uint8 images (a data module scaling on the device) are divided by 255 instead. ``size`` resizes each image
+    to that square (``None``: keep the size, which must then be common).
     """
     images = []
     for i in positions.tolist():
-        image = torch.as_tensor(dataset[i]["image"]).float()
-        image = image * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
+        image = torch.as_tensor(dataset[i]["image"])
+        if image.dtype == torch.uint8:
+            image = image / 255
+        else:
+            image = image.float() * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
         images.append(image[None] if size is None else resize_square(image[None], size))
     return torch.cat(images).clamp(0, 1)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -20,10 +21,34 @@ from lightning_dml.errors import DataError
 from lightning_dml.seeds import run_seed
 
 Validation = Literal["seen", "unseen", "test"]
+#: Loader workers per GPU when ``num_workers`` is left ``None``: at most this many, and the CPU cores per GPU.
+GPU_WORKERS = 8
 Stage = Literal["validate", "test", "predict"]
 #: The defaults of ``sampler`` and ``transforms`` (frozen, so one instance serves every data module).
 CLASS_BALANCED = ClassBalanced()
 DATASET_TRANSFORMS = Transforms()
+
+
+def on_gpu(trainer: L.Trainer | None) -> bool:
+    """Whether ``trainer`` runs on CUDA devices."""
+    return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
+
+def loader_options(trainer: L.Trainer | None, num_workers: int | None) -> dict[str, Any]:
+    """Return the ``DataLoader`` arguments for a run on ``trainer``'s devices.
+
+    On a GPU: ``num_workers`` (``None``: the CPU cores per device, at most :data:`GPU_WORKERS`), pinned
+    memory, 4 batches prefetched per worker. On the CPU: ``num_workers`` (``None``: 0, the training process
+    loads, as its threads already use the cores). Workers persist across epochs.
+    """
+    gpu = on_gpu(trainer)
+    if num_workers is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        num_workers = max(1, min(GPU_WORKERS, cores // trainer.num_devices)) if gpu else 0
+    options = {"num_workers": num_workers, "persistent_workers": num_workers > 0, "pin_memory": gpu}
+    if gpu and num_workers > 0:
+        options["prefetch_factor"] = 4
+    return options
 
 
 class RetrievalDataModule(L.LightningDataModule):
@@ -54,7 +79,8 @@ class RetrievalDataModule(L.LightningDataModule):
             evaluation; needs ``closed_set``).
         transforms: changes to the dataset's image preprocessing (:class:`~lightning_dml.data.transforms.
             Transforms`: sizes, crop, normalisation, augmentation, raw 0–255 pixels).
-        num_workers: data loader worker processes.
+        num_workers: data loader worker processes; ``None``: :func:`loader_options` decides (on a GPU, the
+            CPU cores per device up to 8, with pinned memory and prefetching; on the CPU, none).
         seed: seed of the data split (validation hold-outs, closed-set test images): fixed, so that runs
             differ only in training. The batch sampler's plans follow the run seed (``seed_everything``).
     """
@@ -72,7 +98,7 @@ class RetrievalDataModule(L.LightningDataModule):
         protocol: ClassSplit = "zero_shot",
         test_gallery: TestGallery = "test_images",
         transforms: Transforms = DATASET_TRANSFORMS,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -87,6 +113,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.preprocessing = transforms.resolve(self.default_preprocessing)
         self.num_workers = num_workers
         self.seed = seed
+        self.scale_on_device = False  # see on_after_batch_transfer
         self.train_set: RetrievalDataset | None = None
         self.val_sets: dict[str, RetrievalDataset] = {}
         self.test_set: RetrievalDataset | None = None
@@ -117,9 +144,26 @@ class RetrievalDataModule(L.LightningDataModule):
         """Normalise images with ``mean`` and ``std``: ``preprocessing`` takes them, and the sets already
         built (by an early ``setup``) get the training and evaluation transforms recomputed from it."""
         self.preprocessing = replace(self.preprocessing, mean=tuple(mean), std=tuple(std))
+        self.retransform()
+
+    def scale_batches_on_device(self, on_device: bool) -> None:
+        """Leave the float steps of the transforms (:meth:`Preprocessing.scaling`) to
+        :meth:`on_after_batch_transfer` (``on_device``), so that loader workers only crop and flip uint8
+        images, or do every step in the workers again."""
+        self.scale_on_device = on_device
+        self.retransform()
+
+    def set_transforms(self) -> tuple[Callable, Callable]:
+        """Return the training and evaluation transforms the sets get: without the float steps when
+        ``scale_on_device``."""
+        scale = not self.scale_on_device
+        return self.preprocessing.transform(True, scale), self.preprocessing.transform(False, scale)
+
+    def retransform(self) -> None:
+        """Give the sets already built the transforms of :meth:`set_transforms`."""
         if self.train_set is None:
             return
-        train_t, eval_t = self.transform(train=True), self.transform(train=False)
+        train_t, eval_t = self.set_transforms()
         self.train_set.transform = train_t
         for dataset in [self.test_set, *self.val_sets.values()]:
             dataset.transform = eval_t
@@ -136,6 +180,8 @@ class RetrievalDataModule(L.LightningDataModule):
         training set can form batches, so that an impossible split stops before any training step."""
         if self.train_set is None:
             self.build_sets()
+        if self.trainer is not None:
+            self.scale_batches_on_device(on_gpu(self.trainer))
         if stage == "fit":
             self.check_training_set()
 
@@ -143,7 +189,7 @@ class RetrievalDataModule(L.LightningDataModule):
         """Split the data into the training, validation and test sets, check them and log their sizes."""
         self.protocol.check_validation(self.validation)
         pool, test = self.screen_images(*self.build())
-        train_t, eval_t = self.transform(train=True), self.transform(train=False)
+        train_t, eval_t = self.set_transforms()
         generator = torch.Generator().manual_seed(self.seed)
         keep = torch.ones(len(pool), dtype=torch.bool)
         held_out = {}
@@ -219,8 +265,7 @@ class RetrievalDataModule(L.LightningDataModule):
         return DataLoader(
             self.train_set,
             batch_sampler=self.sampler.batch_sampler(self.train_set.labels, seed),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            **loader_options(self.trainer, self.num_workers),
         )
 
     def _eval_loader(self, dataset: RetrievalDataset) -> DataLoader:
@@ -234,9 +279,15 @@ class RetrievalDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.eval_batch_size,
             sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            **loader_options(trainer, self.num_workers),
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``scale_on_device`` (set at ``setup`` when the trainer runs on a GPU), finish the transforms
+        on the device: the uint8 crops the workers made become normalised floats, one batched operation."""
+        if self.scale_on_device:
+            batch["image"] = self.preprocessing.scaling()(batch["image"])
+        return batch
 
     def val_dataloader(self) -> list[DataLoader]:
         """One loader per validation set, in ``val_sets`` order."""

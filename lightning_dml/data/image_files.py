@@ -1,4 +1,5 @@
-"""What every data module reading image files shares: an upfront decoding pass and ``skip_corrupt``."""
+"""What every data module reading image files shares: an upfront decoding pass, ``skip_corrupt`` and the
+decoded-image ``cache``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from PIL import Image
 from rich.progress import track
 
 from lightning_dml.data.base import UNDECODABLE, ImageFiles, RetrievalDataset
+from lightning_dml.data.cache import cached_views
 from lightning_dml.data.datamodule import RetrievalDataModule
 from lightning_dml.errors import DataError
 
@@ -84,21 +86,39 @@ class ImageFileDataModule(RetrievalDataModule):
         skip_corrupt: decode every image at ``setup`` (as ``verify_images`` does) and leave out those that
             cannot be decoded, warning once with their list, so that the split checks see the images used.
             Otherwise an undecodable image stops the run with its path when it is read.
+        cache: a folder holding the images decoded by ``lightning-dml-cache`` (run with this data config):
+            images are read from it instead of the files, the split and its checks unchanged.
         **kwargs: the :class:`RetrievalDataModule` arguments.
     """
 
-    def __init__(self, verify_images: bool = False, skip_corrupt: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, verify_images: bool = False, skip_corrupt: bool = False, cache: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.verify_images = verify_images
         self.skip_corrupt = skip_corrupt
+        self.cache = cache
         self.decoded = 0
         self.skipped: list[str] = []
 
     def screen_images(
         self, pool: RetrievalDataset, test: RetrievalDataset
     ) -> tuple[RetrievalDataset, RetrievalDataset]:
-        """Return pool and test set; with ``verify_images`` or ``skip_corrupt`` decode their images first and
-        refuse (listing them) or leave out those that cannot be decoded."""
+        """Return pool and test set reading their images from ``cache`` (decoded when it was prepared; those
+        left out then are left out again), else :meth:`screen_files`."""
+        if self.cache is None:
+            return self.screen_files(pool, test)
+        resize = self.preprocessing.resize
+        needed = max(resize) if isinstance(resize, tuple) else resize or self.preprocessing.image_size
+        pool, test, skipped = cached_views(self, pool, test, needed)
+        self.skipped = skipped
+        return (without(pool, set(skipped)), without(test, set(skipped))) if skipped else (pool, test)
+
+    def screen_files(
+        self, pool: RetrievalDataset, test: RetrievalDataset
+    ) -> tuple[RetrievalDataset, RetrievalDataset]:
+        """Return pool and test set; with ``verify_images`` or ``skip_corrupt`` decode their image files first
+        and refuse (listing them) or leave out those that cannot be decoded."""
         if not (self.verify_images or self.skip_corrupt):
             return pool, test
         paths = file_paths(pool) + file_paths(test)
@@ -115,6 +135,8 @@ class ImageFileDataModule(RetrievalDataModule):
 
     def summary(self) -> str:
         """Return the split table and, after an upfront decoding pass, what it found."""
+        if self.cache is not None:
+            return f"{super().summary()}\nimages read from the decoded cache {self.cache}"
         if not (self.verify_images or self.skip_corrupt):
             return super().summary()
         found = f"skipped {len(self.skipped)} undecodable images" if self.skip_corrupt else "all decode"

@@ -1,6 +1,8 @@
 """Image transforms: one recipe per data module, from the dataset's defaults and the config's ``transforms``.
 
-Every transform is ``ToImage`` → geometry → float → normalisation. The geometry depends on whether the
+Every transform is ``ToImage`` → geometry → float → normalisation. Geometry works on uint8 images; the float
+steps (:meth:`Preprocessing.scaling`) may instead run batched on the device, on uint8 batches the loader
+workers made (see ``RetrievalDataModule.on_after_batch_transfer``). The geometry depends on whether the
 recipe crops: small in-memory images (digits, MNIST, CIFAR) are not cropped and, for training, take the
 dataset's own augmentation; image files are resized and cropped to ``image_size`` (a random crop and a
 horizontal flip for training, the centre crop for evaluation). ``raw_pixels`` replaces scaling and
@@ -51,12 +53,13 @@ class Preprocessing:
     augment: bool = True
     raw_pixels: bool = False
 
-    def transform(self, train: bool) -> v2.Compose:
+    def transform(self, train: bool, scale: bool = True) -> v2.Compose:
         """Return the training (``train``) or evaluation transform: ``ToImage`` → geometry → float.
 
         Geometry without ``crop``: the dataset's ``augmentation`` when training and ``augment``, else none.
         With ``crop``, training (and ``augment``): resize (if ``resize``), the random crop, a horizontal flip;
         evaluation: resize (to ``resize``, else the shorter side to ``image_size``), the centre crop.
+        ``scale=False`` stops before the float steps: the image stays uint8, for :meth:`scaling` to finish.
         """
         augmenting = train and self.augment
         if self.crop is None:
@@ -72,12 +75,16 @@ class Preprocessing:
         else:
             resize = self.image_size if self.resize is None else self.resize
             geometry = [v2.Resize(resize), v2.CenterCrop(self.image_size)]
-        scaling = (
-            [v2.ToDtype(torch.float32, scale=False)]
-            if self.raw_pixels
-            else [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(self.mean), list(self.std))]
-        )
+        scaling = self.scaling().transforms if scale else []
         return v2.Compose([v2.ToImage(), *geometry, *scaling])
+
+    def scaling(self) -> v2.Compose:
+        """Return the float steps of :meth:`transform` (uint8 → float32, then normalisation unless
+        ``raw_pixels``); they work alike on one ``(C, H, W)`` image and on a ``(B, C, H, W)`` batch."""
+        if self.raw_pixels:
+            return v2.Compose([v2.ToDtype(torch.float32, scale=False)])
+        normalise = v2.Normalize(list(self.mean), list(self.std))
+        return v2.Compose([v2.ToDtype(torch.float32, scale=True), normalise])
 
     def display_normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Return the ``(mean, std)`` that map the transformed images back to [0, 1] (``x * std + mean``)."""

@@ -229,3 +229,15 @@ def test_cli_fit_logs_pictures_and_the_projector_to_tensorboard(quick_args, tmp_
         assert (folder / "sprite.png").is_file()
         assert len((folder / "metadata.tsv").read_text().splitlines()) == 40
         assert len((folder / "tensors.tsv").read_text().splitlines()) == 40
+
+
+def test_load_images_undoes_the_normalisation_of_float_images_and_scales_uint8_ones():
+    from lightning_dml.callbacks.pictures import load_images
+
+    pixels = torch.tensor([[[0, 51], [102, 255]]], dtype=torch.uint8)
+    normalised = RetrievalDataset(TensorImages(pixels[None], [0]), transform=lambda x: (x / 255 - 0.5) / 0.25)
+    expected = pixels[None] / 255
+    torch.testing.assert_close(load_images(normalised, torch.tensor([0]), (0.5,), (0.25,)), expected)
+    torch.testing.assert_close(
+        load_images(RetrievalDataset(TensorImages(pixels[None], [0])), torch.tensor([0])), expected
+    )

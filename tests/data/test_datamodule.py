@@ -145,3 +145,26 @@ def test_loaders_give_class_balanced_training_batches_and_ordered_evaluation_bat
     test_batch = next(iter(module.test_dataloader()))
     assert test_batch["index"].tolist() == list(range(100))
     assert module.evaluation_sets("test") == {"test": module.test_set}
+
+
+def test_scaling_on_the_device_moves_the_float_steps_from_the_sets_to_the_transferred_batch():
+    data = Digits(validation=["test"])
+    data.setup()
+    whole = data.test_set[0]["image"]
+    data.scale_batches_on_device(True)
+    item = data.test_set[0]
+    assert item["image"].dtype == torch.uint8
+    batch = data.on_after_batch_transfer({"image": item["image"][None], "label": torch.tensor([0])}, 0)
+    torch.testing.assert_close(batch["image"][0], whole, rtol=0, atol=0)
+    data.scale_batches_on_device(False)
+    assert torch.equal(data.test_set[0]["image"], whole)
+
+
+def test_loader_options_pin_and_prefetch_only_on_a_gpu():
+    from lightning import Trainer
+
+    from lightning_dml.data.datamodule import loader_options
+
+    cpu = Trainer(accelerator="cpu", devices=1, logger=False)
+    assert loader_options(cpu, None) == {"num_workers": 0, "persistent_workers": False, "pin_memory": False}
+    assert loader_options(None, 3) == {"num_workers": 3, "persistent_workers": True, "pin_memory": False}

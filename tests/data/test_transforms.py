@@ -118,3 +118,16 @@ def test_normalise_with_changes_the_transforms_of_the_sets_already_built():
     for dataset in [data.test_set, *data.val_sets.values()]:
         assert_same(dataset.transform, v2.Compose([v2.ToImage(), *scaled((0.5,), (0.25,))]), image)
     assert data.preprocessing.display_normalisation() == ((0.5,), (0.25,))
+
+
+@pytest.mark.parametrize("raw_pixels", [False, True])
+def test_uint8_geometry_then_batched_scaling_equals_the_whole_transform(raw_pixels):
+    preprocessing = CUB200.default_preprocessing
+    preprocessing = Transforms(raw_pixels=raw_pixels).resolve(preprocessing)
+    for train in (True, False):
+        torch.manual_seed(3)
+        whole = torch.stack([preprocessing.transform(train)(PHOTO) for _ in range(2)])
+        torch.manual_seed(3)
+        crops = torch.stack([preprocessing.transform(train, scale=False)(PHOTO) for _ in range(2)])
+        assert crops.dtype == torch.uint8
+        torch.testing.assert_close(preprocessing.scaling()(crops), whole, rtol=0, atol=0)
