@@ -50,30 +50,28 @@ from lightning_dml.metrics.topm import best_of, group_count, row_candidates
 INF = float("inf")
 #: Queries each rank contributes to one all-gathered block.
 QUERIES_PER_STEP = 4096
+#: Bytes of the float64 pair vectors ``pair_scores`` holds at a time.
+PAIR_BLOCK_BYTES = 32 * 2**20
 
 
-def pair_scores(
-    queries: Tensor,
-    rows: Tensor,
-    gallery: Tensor,
-    columns: Tensor,
-    metric: Metric,
-    block_bytes: int = BLOCK_BYTES,
-) -> Tensor:
+def pair_scores(queries: Tensor, rows: Tensor, gallery: Tensor, columns: Tensor, metric: Metric) -> Tensor:
     """Float64 similarities ``(P,)`` of the pairs (``queries[rows[i]]``, ``gallery[columns[i]]``): cosine of
     float64 L2-normalised rows, or -|q - g|². Numpy reduces each pair on its own (pairwise summation), so a
-    pair scores the same bits whatever else is computed with it, and exact duplicates tie."""
-    per_block = max(1, block_bytes // (16 * max(queries.shape[1], 1)))
+    pair scores the same bits whatever else is computed with it, and exact duplicates tie. Pairs are taken
+    ``PAIR_BLOCK_BYTES`` at a time."""
+    per_block = max(1, PAIR_BLOCK_BYTES // (48 * max(queries.shape[1], 1)))
     scores = []
     for start in range(0, len(rows), per_block):
-        q = queries[rows[start : start + per_block]].detach().double().cpu().numpy()
-        g = gallery[columns[start : start + per_block]].detach().double().cpu().numpy()
+        q = queries[rows[start : start + per_block]].detach().cpu().double().numpy()
+        g = gallery[columns[start : start + per_block]].detach().cpu().double().numpy()
         if metric == "cosine":
-            q = q / np.maximum(np.sqrt((q * q).sum(1)), 1e-300)[:, None]
-            g = g / np.maximum(np.sqrt((g * g).sum(1)), 1e-300)[:, None]
-            scores.append((q * g).sum(1))
+            q /= np.maximum(np.sqrt((q * q).sum(1)), 1e-300)[:, None]
+            g /= np.maximum(np.sqrt((g * g).sum(1)), 1e-300)[:, None]
+            q *= g
+            scores.append(q.sum(1))
         else:
-            scores.append(-np.square(q - g).sum(1))
+            q -= g
+            scores.append(-np.square(q, out=q).sum(1))
     return torch.from_numpy(np.concatenate(scores) if scores else np.zeros(0)).to(queries.device)
 
 
@@ -233,7 +231,7 @@ def _rank_block(
     block_bytes: int,
 ) -> dict[str, Tensor]:
     """The merged per-query fields of one all-gathered block (the same on every rank)."""
-    best = ranks.reduce(_best_relevant(shard, block, block_bytes), "max")
+    best = ranks.reduce(_best_relevant(shard, block), "max")
     counts, lists = _screen(shard, block, best, width, block_bytes)
     counts = ranks.reduce(counts, "sum")
     merged, listed, floor = _merge(*(ranks.stack(values) for values in lists), block, width, vote_labels)
@@ -246,7 +244,7 @@ def _rank_block(
     return {"above": counts[0], "tied": counts[1], "tied_relevant": counts[2]} | merged
 
 
-def _best_relevant(shard: _Shard, block: _Block, block_bytes: int) -> Tensor:
+def _best_relevant(shard: _Shard, block: _Block) -> Tensor:
     """``(Q,)`` float64: each query's best score among this shard's relevant items (-inf if none), every
     relevant pair scored in float64."""
     start = torch.searchsorted(shard.labels, block.labels, side="left")
@@ -256,7 +254,7 @@ def _best_relevant(shard: _Shard, block: _Block, block_bytes: int) -> Tensor:
     column = start[row] + offsets[slot]
     keep = shard.ids[column] != block.ids[row]
     row, column = row[keep], column[keep]
-    scores = pair_scores(block.embeddings, row, shard.items, column, shard.metric, block_bytes)
+    scores = pair_scores(block.embeddings, row, shard.items, column, shard.metric)
     best = torch.full((len(block.labels),), -INF, dtype=torch.float64, device=start.device)
     return best.scatter_reduce_(0, row, scores, "amax")
 
@@ -290,7 +288,7 @@ def _screen(
         counts[0, rows] = (scores > high[rows]).sum(1)
         row, column = torch.nonzero((scores >= low[rows]) & (scores <= high[rows]), as_tuple=True)
         row = row + start
-        exact = pair_scores(block.embeddings, row, shard.items, column, shard.metric, block_bytes)
+        exact = pair_scores(block.embeddings, row, shard.items, column, shard.metric)
         same = exact == best[row]
         relevant = shard.labels[column] == block.labels[row]
         for index, counted in enumerate((exact > best[row], same, same & relevant)):
@@ -380,7 +378,7 @@ def _exact_rows(
     for part in unsure.split(per_pass):
         row = torch.arange(len(part), device=part.device).repeat_interleave(n_items)
         column = torch.arange(n_items, device=part.device).repeat(len(part))
-        scores = pair_scores(block.embeddings[part], row, shard.items, column, shard.metric, block_bytes)
+        scores = pair_scores(block.embeddings[part], row, shard.items, column, shard.metric)
         scores = scores.view(len(part), n_items)
         scores[shard.ids[None, :] == block.ids[part, None]] = -INF
         top, columns = scores.topk(min(width, n_items), dim=1)
