@@ -159,8 +159,12 @@ def sharded_rank(
     most_relevant = int(ranks.reduce(F.pad(relevant, (0, 1)).max(0, keepdim=True).values, "max"))
     width = max(most_relevant + LIST_MARGIN, top_k, 2)
     vote_labels = torch.unique(all_labels) if votes else None
+    # One dtype on both sides (float32 at least), so that equal vectors stay equal and score alike.
+    dtype = torch.promote_types(
+        torch.promote_types(query_embeddings.dtype, gallery_embeddings.dtype), torch.float32
+    )
     shard = _prepare_shard(
-        gallery_embeddings, gallery_labels.to(device), gallery_ids.to(device), metric, width
+        gallery_embeddings.to(dtype), gallery_labels.to(device), gallery_ids.to(device), metric, width
     )
     steps = int(ranks.reduce(torch.tensor([-(-len(query_labels) // queries_per_step)], device=device), "max"))
     parts = []
@@ -168,7 +172,7 @@ def sharded_rank(
         rows = slice(step * queries_per_step, (step + 1) * queries_per_step)
         block = _Block.gather(
             ranks,
-            query_embeddings[rows],
+            query_embeddings[rows].to(dtype),
             query_labels[rows],
             query_ids[rows],
             relevant[rows],
@@ -197,7 +201,7 @@ class _Block:
     ) -> _Block:
         """Every rank's ``size`` (padded) queries of this step, rank by rank."""
         missing = size - len(labels)
-        columns = [F.pad(embeddings.float(), (0, 0, 0, missing))]
+        columns = [F.pad(embeddings, (0, 0, 0, missing))]
         columns += [F.pad(values.long(), (0, missing)) for values in (labels, ids, relevant)]
         valid = F.pad(torch.ones(len(labels), dtype=torch.long, device=labels.device), (0, missing))
         embeddings, labels, ids, relevant, valid = (
