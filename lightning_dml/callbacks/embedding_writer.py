@@ -14,9 +14,18 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_dml.callbacks.retrieval_evaluation import gather, unique_by_index
 from lightning_dml.callbacks.run_summary import log_directory
+from lightning_dml.callbacks.sharded_evaluation import local_set
 from lightning_dml.data.base import ImageFiles
 from lightning_dml.errors import ConfigError
-from lightning_dml.inference.embedding_files import FORMATS, require_pyarrow, to_numpy, write_embeddings
+from lightning_dml.inference.embedding_files import (
+    FORMATS,
+    require_pyarrow,
+    shard_path,
+    to_numpy,
+    write_embeddings,
+    write_manifest,
+)
+from lightning_dml.metrics.sharded import Ranks
 from lightning_dml.models.readouts import Readout, ReadoutEmbedder
 
 #: File name of the predictions in the run's folder when no output is configured.
@@ -36,17 +45,26 @@ class EmbeddingWriter(BasePredictionWriter):
     stores ``embeddings`` as a fixed-size list column (``lightning_dml.inference.embedding_files`` writes
     both; its :func:`read_embeddings` reads either).
 
+    With ``shards``, nothing is gathered: each rank writes its own rows (padding dropped by index, rows in
+    index order) to ``embeddings.rank{r}-of-{W}.npz`` beside ``output``, and after a barrier rank 0 writes
+    ``embeddings.manifest.json`` listing them; ``read_embeddings`` and ``EmbeddingIndex.from_file`` read the
+    manifest as one file.
+
     Args:
         output: file to write, ending in ``.npz`` or ``.parquet``; its folder is created. Default: the run's
             folder (the logger's, else the trainer's ``default_root_dir``) ``/embeddings.npz``.
         readout: write this readout's features (``lightning_dml.models.readouts``) as ``embeddings``
             instead of the model's embedding, e.g. ``{layer: backbone.blocks.2, pooling: grid, size: 7}``.
+        shards: one file per rank plus a manifest, instead of one gathered file.
     """
 
-    def __init__(self, output: str | Path | None = None, readout: Readout | None = None) -> None:
+    def __init__(
+        self, output: str | Path | None = None, readout: Readout | None = None, shards: bool = False
+    ) -> None:
         super().__init__(write_interval="batch_and_epoch")
         self.output = None if output is None else Path(output)
         self.readout = readout
+        self.shards = shards
         self._readout_embedder: ReadoutEmbedder | None = None
         if self.output is not None and self.output.suffix not in FORMATS:
             raise ConfigError(f"prediction output {self.output} must end in .npz or .parquet")
@@ -88,15 +106,43 @@ class EmbeddingWriter(BasePredictionWriter):
         if not self._batches:
             rank_zero_warn("EmbeddingWriter: nothing was predicted, so no file was written")
             return
+        if self.shards:
+            self._write_shard(trainer)
+            return
         outputs = unique_by_index(gather(self._batches))
         self._batches.clear()
         if trainer.is_global_zero:
-            columns = {key: to_numpy(value) for key, value in outputs.items()}
-            loaders = trainer.predict_dataloaders
-            dataset = getattr(loaders[0] if isinstance(loaders, Sequence) else loaders, "dataset", None)
-            if isinstance(getattr(dataset, "source", None), ImageFiles):
-                columns["paths"] = np.array([dataset.describe(int(i)) for i in columns["indices"]])
-            output = self.output or Path(log_directory(trainer) or trainer.default_root_dir, DEFAULT_FILE)
-            write_embeddings(columns, output)
-            rank_zero_info(f"Wrote {len(columns['indices'])} embeddings to {output.resolve()}")
+            output = self._output(trainer)
+            write_embeddings(self._columns(trainer, outputs), output)
+            rank_zero_info(f"Wrote {len(outputs['indices'])} embeddings to {output.resolve()}")
         trainer.strategy.barrier()
+
+    def _write_shard(self, trainer: L.Trainer) -> None:
+        """This rank's rows to its shard; after a barrier, the manifest of every rank's shard (rank 0)."""
+        outputs, _ = local_set(self._batches)
+        self._batches.clear()
+        output = self._output(trainer)
+        write_embeddings(
+            self._columns(trainer, outputs), shard_path(output, trainer.global_rank, trainer.world_size)
+        )
+        rows = Ranks().cat(torch.tensor([len(outputs["indices"])])).tolist()
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            manifest = write_manifest(output, rows)
+            rank_zero_info(
+                f"Wrote {sum(rows)} embeddings in {len(rows)} shards listed by {manifest.resolve()}"
+            )
+        trainer.strategy.barrier()
+
+    def _output(self, trainer: L.Trainer) -> Path:
+        """The configured output, or the run folder's ``embeddings.npz``."""
+        return self.output or Path(log_directory(trainer) or trainer.default_root_dir, DEFAULT_FILE)
+
+    def _columns(self, trainer: L.Trainer, outputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """The file's columns: ``outputs`` as numpy, and ``paths`` when the images are files."""
+        columns = {key: to_numpy(value) for key, value in outputs.items()}
+        loaders = trainer.predict_dataloaders
+        dataset = getattr(loaders[0] if isinstance(loaders, Sequence) else loaders, "dataset", None)
+        if isinstance(getattr(dataset, "source", None), ImageFiles):
+            columns["paths"] = np.array([dataset.describe(int(i)) for i in columns["indices"]])
+        return columns

@@ -16,6 +16,14 @@ from torch.utils.data import Dataset
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lightning_dml.callbacks.pictures import Pictures, picture_loggers
+from lightning_dml.callbacks.sharded_evaluation import (
+    check_count,
+    gather_to_first,
+    local_set,
+    picture_ranking,
+    rank_shards,
+    world_size,
+)
 from lightning_dml.errors import ConfigError, LightningDMLError
 from lightning_dml.inference.index import eval_mode
 from lightning_dml.metrics import (
@@ -25,6 +33,7 @@ from lightning_dml.metrics import (
     metrics_from_ranking,
     rank,
 )
+from lightning_dml.metrics.sharded import gather_ranking
 from lightning_dml.models.readouts import LayerReadouts, Readout
 from lightning_dml.seeds import run_seed
 
@@ -99,6 +108,10 @@ class RetrievalEvaluation(L.Callback):
         references: what ``fit`` evaluates before training, beside the trained network: ``untrained``,
             ``pixels`` or both.
         pictures: what is drawn of each evaluation set and when (``None``: nothing).
+        sharded: evaluate without gathering the embeddings (``callbacks.sharded_evaluation``): each rank
+            ranks its queries against every rank's share and the metrics are equal to one process's
+            (``metrics.sharded``); k-means still clusters the gathered queries on rank 0, and pictures, when
+            due, gather the set. ``None`` (default): sharded when there are several processes.
     """
 
     def __init__(
@@ -114,6 +127,7 @@ class RetrievalEvaluation(L.Callback):
         readouts: Mapping[str, Readout] | None = None,
         references: Sequence[Reference] = (),
         pictures: Pictures | None = PICTURES,
+        sharded: bool | None = None,
     ) -> None:
         self.recall_at = list(recall_at)
         self.metric = metric
@@ -126,6 +140,7 @@ class RetrievalEvaluation(L.Callback):
         self.readouts = dict(readouts or {})
         self.references = list(dict.fromkeys(references))
         self.pictures = pictures
+        self.sharded = sharded
         self._layer_readouts: LayerReadouts | None = None
         self._outputs: dict[int, list[dict[str, torch.Tensor]]] = defaultdict(list)
         #: On rank 0, the de-duplicated outputs of each set of the latest evaluation, for later callbacks.
@@ -262,23 +277,91 @@ class RetrievalEvaluation(L.Callback):
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: Stage) -> None:
         loaders, names, limited = evaluation_loaders(trainer, stage)
         self.last_outputs, self.last_rankings, self.last_readouts = {}, {}, {}
+        sharded = world_size() > 1 if self.sharded is None else self.sharded
         for idx, (name, loader) in enumerate(zip(names, loaders, strict=True)):
-            outputs = gathered_set(name, self._outputs.pop(idx), loader, limited[idx], stage)
-            metrics = None
-            if trainer.is_global_zero:
-                readouts = pop_readouts(outputs)
-                self.last_outputs[name], self.last_readouts[name] = outputs, readouts
-                top_k = self.pictures.top_k if self.draws_pictures() else 0
-                self.last_rankings[name] = self.rank(outputs, top_k)
-                metrics = self.compute(outputs, self.last_rankings[name])
-                for readout, features in readouts.items():
-                    readout_metrics = self.compute(outputs | {"embeddings": features})
-                    metrics |= {f"{readout}/{key}": value for key, value in readout_metrics.items()}
-            metrics = trainer.strategy.broadcast(metrics, src=0)
+            batches = self._outputs.pop(idx)
+            if sharded:
+                metrics = self._evaluate_shards(trainer, name, batches, loader, limited[idx], stage)
+            else:
+                metrics = self._evaluate_gathered(trainer, name, batches, loader, limited[idx], stage)
             for key, value in metrics.items():
                 pl_module.log(f"{name}/{key}", value, add_dataloader_idx=False, sync_dist=False)
         self._outputs.clear()
         self._layer_readouts = None
+
+    def _evaluate_gathered(
+        self, trainer: L.Trainer, name: str, batches: list, loader: Any, limit: int | float, stage: Stage
+    ) -> dict[str, float]:
+        """One set's metrics computed on rank 0 from the gathered outputs, broadcast to every rank."""
+        outputs = gathered_set(name, batches, loader, limit, stage)
+        metrics = None
+        if trainer.is_global_zero:
+            readouts = pop_readouts(outputs)
+            self.last_outputs[name], self.last_readouts[name] = outputs, readouts
+            top_k = self.pictures.top_k if self.draws_pictures() else 0
+            self.last_rankings[name] = self.rank(outputs, top_k)
+            metrics = self.compute(outputs, self.last_rankings[name])
+            for readout, features in readouts.items():
+                readout_metrics = self.compute(outputs | {"embeddings": features})
+                metrics |= {f"{readout}/{key}": value for key, value in readout_metrics.items()}
+        return trainer.strategy.broadcast(metrics, src=0)
+
+    def _evaluate_shards(
+        self, trainer: L.Trainer, name: str, batches: list, loader: Any, limit: int | float, stage: Stage
+    ) -> dict[str, float]:
+        """One set's metrics, each rank ranking its own items (``sharded_evaluation``); when pictures are
+        due, the set is gathered for them and drawn from the same ranking."""
+        outputs, distinct = local_set(batches)
+        warning = check_count(name, distinct, len(loader.dataset), limit >= len(loader))
+        if warning:
+            rank_zero_warn(f"{warning} (limit_{'val' if stage == 'validate' else 'test'}_batches is set)")
+        readouts = pop_readouts(outputs)
+        pictures = self.draws_pictures() and self.pictures.due(trainer, stage)
+        top_k = self.pictures.top_k if pictures else 0
+        ranking, labels, ids = rank_shards(
+            outputs, outputs["embeddings"], self.metric, self.classification, top_k
+        )
+        metrics = self._shard_metrics(trainer, outputs, ranking, labels, ids)
+        for readout, features in readouts.items():
+            found = rank_shards(outputs, features, self.metric, self.classification, 0)
+            readout_metrics = self._shard_metrics(trainer, outputs | {"embeddings": features}, *found)
+            metrics |= {f"{readout}/{key}": value for key, value in readout_metrics.items()}
+        if pictures:
+            gathered = unique_by_index(gather([outputs]))
+            drawn = picture_ranking(ranking, ids, gathered, top_k)
+            if trainer.is_global_zero:
+                self.last_outputs[name], self.last_rankings[name] = gathered, drawn
+        return metrics
+
+    def _shard_metrics(
+        self,
+        trainer: L.Trainer,
+        outputs: dict[str, torch.Tensor],
+        ranking: Ranking,
+        query_labels: torch.Tensor,
+        query_ids: torch.Tensor,
+    ) -> dict[str, float]:
+        """``compute``'s metrics from this rank's part of a sharded ranking, the same on every rank."""
+        gathered, labels = gather_ranking(ranking, query_labels, query_ids)
+        metrics = metrics_from_ranking(gathered, self.recall_at)
+        if self.classification:
+            metrics |= classification_from_ranking(gathered, labels)
+        if self.clustering:
+            queries = outputs["is_query"].bool() if "is_query" in outputs else slice(None)
+            clustered = queries if self.cluster == "queries" else slice(None)
+            items = {
+                key: gather_to_first(outputs[key][clustered]) for key in ("embeddings", "labels", "indices")
+            }
+            found = None
+            if trainer.is_global_zero:
+                order = torch.argsort(items["indices"])
+                seed = run_seed() if self.seed is None else self.seed
+                normalize = self.metric == "cosine"
+                found = clustering_metrics(
+                    items["embeddings"][order].float(), items["labels"][order], seed=seed, normalize=normalize
+                )
+            metrics |= trainer.strategy.broadcast(found, src=0)
+        return metrics
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Compute and log the reference rows of every validation set before the first training step (not

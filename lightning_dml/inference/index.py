@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_dml.errors import DataError
+from lightning_dml.inference.embedding_files import read_embeddings
 from lightning_dml.metrics.knn import Backend, Metric, check_search_inputs, exact_knn, prepare_embeddings
 
 
@@ -23,6 +24,11 @@ class EmbeddingIndex:
     (euclidean) built once on the first search, and returns the same neighbours. Scores follow ``exact_knn``:
     cosine similarity, or minus the squared euclidean distance; higher is closer.
 
+    For galleries beyond an exact search, ``approximate`` names a faiss index (``faiss.index_factory``:
+    ``"IVF1024,Flat"``, ``"IVF1024,PQ64"``, ``"HNSW32"``), trained on the gallery at the first search and
+    searched with ``probes`` inverted lists (IVF's ``nprobe``) or candidates (HNSW's ``efSearch``): faster,
+    no longer exact; measure its recall against the exact search (``tests/inference/test_index.py``).
+
     Args:
         embeddings: gallery embeddings (N, D); kept as float32, L2-normalised for ``cosine``.
         labels: class id of each gallery item (N,), for :meth:`labels_of`.
@@ -31,6 +37,8 @@ class EmbeddingIndex:
         paths: image path of each item, for :meth:`paths_of`.
         metric: ``cosine`` or ``euclidean``.
         backend: ``torch`` or ``faiss`` (needs the ``faiss`` extra).
+        approximate: a faiss ``index_factory`` description for an approximate search (needs faiss).
+        probes: IVF lists visited (``nprobe``), or HNSW's ``efSearch``, per query.
     """
 
     def __init__(
@@ -41,6 +49,8 @@ class EmbeddingIndex:
         paths: Sequence[str] | None = None,
         metric: Metric = "cosine",
         backend: Backend = "torch",
+        approximate: str | None = None,
+        probes: int = 16,
     ) -> None:
         embeddings = torch.as_tensor(embeddings)
         check_search_inputs(embeddings, embeddings, metric, None, None, backend, None)
@@ -59,7 +69,9 @@ class EmbeddingIndex:
         if (self._sorted_ids[1:] == self._sorted_ids[:-1]).any():
             raise DataError("ids repeat; give every gallery item its own id")
         self.metric = metric
-        self.backend = backend
+        self.backend = "faiss" if approximate else backend
+        self.approximate = approximate
+        self.probes = probes
         self._faiss_index: Any = None
 
     def __len__(self) -> int:
@@ -114,16 +126,7 @@ class EmbeddingIndex:
     def _faiss_search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """Search the cached faiss flat index for min(k, N) items and pad to ``k`` columns."""
         if self._faiss_index is None:
-            try:
-                import faiss
-            except ImportError as error:
-                raise DataError(
-                    'backend="faiss" needs the faiss package; pip install faiss-cpu, or use backend="torch"'
-                ) from error
-            # Built once and kept (unlike exact_knn's per-call index), so repeated searches skip the copy.
-            index_type = faiss.IndexFlatIP if self.metric == "cosine" else faiss.IndexFlatL2
-            self._faiss_index = index_type(self.embeddings.shape[1])
-            self._faiss_index.add(self.embeddings.cpu().contiguous().numpy())
+            self._faiss_index = self._build_faiss_index()
         scores, positions = self._faiss_index.search(
             queries.cpu().float().contiguous().numpy(), min(k, len(self))
         )
@@ -132,6 +135,33 @@ class EmbeddingIndex:
             scores = -scores  # faiss returns squared distances
         missing = k - scores.shape[1]
         return F.pad(scores, (0, missing), value=float("-inf")), F.pad(positions, (0, missing), value=-1)
+
+    def _build_faiss_index(self) -> Any:
+        """The gallery's faiss index, built once and kept: flat (exact), or ``approximate``'s, trained."""
+        try:
+            import faiss
+        except ImportError as error:
+            raise DataError(
+                'backend="faiss" needs the faiss package; pip install faiss-cpu, or use backend="torch"'
+            ) from error
+        gallery = self.embeddings.cpu().contiguous().numpy()
+        kind = faiss.METRIC_INNER_PRODUCT if self.metric == "cosine" else faiss.METRIC_L2
+        index = faiss.index_factory(gallery.shape[1], self.approximate or "Flat", kind)
+        index.train(gallery)
+        index.add(gallery)
+        if self.approximate:
+            name = "efSearch" if "HNSW" in self.approximate else "nprobe"
+            faiss.ParameterSpace().set_index_parameter(index, name, self.probes)
+        return index
+
+    @classmethod
+    def from_file(cls, path: str | Path, **options: Any) -> EmbeddingIndex:
+        """The index of an embedding file or a manifest of shards (:func:`read_embeddings`): its
+        ``embeddings``, ``labels``, ``indices`` as ids and ``paths`` where present; ``options`` as for the
+        constructor (``metric``, ``backend``, ``approximate``, ``probes``)."""
+        columns = read_embeddings(path)
+        embeddings = torch.from_numpy(columns["embeddings"])
+        return cls(embeddings, columns.get("labels"), columns.get("indices"), columns.get("paths"), **options)
 
     def save(self, path: str | Path) -> None:
         """Save the gallery, labels, ids, paths and metric to ``path`` (``torch.save`` of plain tensors)."""

@@ -442,7 +442,7 @@ class _Ranked:
         if votes:
             vote_labels, vote_codes = torch.unique(problem.labels, return_inverse=True)
             nearest = columns[:, :1]
-            votes_matrix = _votes(nearest >= 0, vote_codes[nearest.clamp(min=0)], len(vote_labels))
+            votes_matrix = vote_shares(nearest >= 0, vote_codes[nearest.clamp(min=0)], len(vote_labels))
         return cls(
             columns=columns,
             scores=scores,
@@ -530,7 +530,7 @@ def _rescore_lists(
         if ranked.votes is not None:
             nearest = (scores == scores[:, :1]) & (columns >= 0)
             codes = ranked.vote_codes[columns.clamp(min=0)]
-            ranked.votes[part] = _votes(nearest, codes, ranked.votes.shape[1])
+            ranked.votes[part] = vote_shares(nearest, codes, ranked.votes.shape[1])
     return still
 
 
@@ -607,7 +607,8 @@ def _exact_rows(
         ranked.boundary_relevant[part] = (relevant_scores == boundary).sum(1)
         if ranked.votes is not None:
             nearest = (block == scores[:, :1]) & (block > -INF)
-            ranked.votes[part] = _votes(nearest, ranked.vote_codes.expand_as(nearest), ranked.votes.shape[1])
+            codes = ranked.vote_codes.expand_as(nearest)
+            ranked.votes[part] = vote_shares(nearest, codes, ranked.votes.shape[1])
         if problem.metric == "euclidean":
             scores = scores - queries.square().sum(1, keepdim=True)
         ranked.columns[part] = columns
@@ -652,7 +653,7 @@ def _float64_blocks(
         yield part, queries, scores, inverse
 
 
-def _votes(nearest: Tensor, codes: Tensor, n_labels: int) -> Tensor:
+def vote_shares(nearest: Tensor, codes: Tensor, n_labels: int) -> Tensor:
     """``(rows, n_labels)`` float64: each row's vote of 1/t for the label code (``codes``, same shape as
     ``nearest``) of each of its t ``nearest`` cells; rows with none vote nothing."""
     row, cell = torch.nonzero(nearest, as_tuple=True)

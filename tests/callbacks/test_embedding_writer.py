@@ -1,6 +1,9 @@
 """The prediction writer: dataset order, one row per image, paths, both formats, atomic writes."""
 
 import importlib.util
+import subprocess
+import sys
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -14,6 +17,7 @@ from torchvision.transforms import v2
 from lightning_dml.callbacks import EmbeddingWriter
 from lightning_dml.data import ImageFiles, RetrievalDataset, TensorImages
 from lightning_dml.errors import ConfigError, DataError
+from lightning_dml.inference import EmbeddingIndex
 from lightning_dml.inference.embedding_files import read_embeddings, to_numpy
 from lightning_dml.methods import RetrievalModule
 
@@ -112,3 +116,32 @@ def test_bad_output_names_are_one_line_errors(tmp_path, monkeypatch):
     )
     with pytest.raises(ConfigError, match=r"pip install 'lightning-dml\[parquet\]'"):
         EmbeddingWriter(tmp_path / "embeddings.parquet")
+
+
+def test_two_ranks_write_one_shard_each_and_a_manifest_that_reads_as_one_file(tmp_path):
+    script = Path(__file__).with_name("sharded_prediction_run.py")
+    for folder, world_size, shards in (("single", 1, "0"), ("sharded", 2, "1")):
+        result = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / folder / "embeddings.npz"), str(world_size), shards],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=script.parents[2],
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    names = sorted(p.name for p in (tmp_path / "sharded").iterdir())
+    assert names == [
+        "embeddings.manifest.json",
+        "embeddings.rank00000-of-00002.npz",
+        "embeddings.rank00001-of-00002.npz",
+    ]
+    shards = [read_embeddings(tmp_path / "sharded" / name) for name in names[1:]]
+    assert [len(shard["indices"]) for shard in shards] == [6, 5]  # the padded repeat written once
+    single = read_embeddings(tmp_path / "single/embeddings.npz")
+    merged = read_embeddings(tmp_path / "sharded/embeddings.manifest.json")
+    assert set(merged) == set(single)
+    for key in single:
+        np.testing.assert_array_equal(merged[key], single[key])
+    index = EmbeddingIndex.from_file(tmp_path / "sharded/embeddings.manifest.json", metric="euclidean")
+    _, ids = index.search(torch.from_numpy(single["embeddings"][[3]]), 2)
+    assert ids.tolist() == [[3, 2]] and index.labels_of(ids).tolist() == [[0, 2]]

@@ -106,3 +106,24 @@ def test_bad_galleries_are_refused():
         EmbeddingIndex(torch.randn(3, 2)).search(torch.randn(1, 3), 1)
     with pytest.raises(DataError, match="no labels"):
         EmbeddingIndex(torch.randn(3, 2)).labels_of(torch.tensor([0]))
+
+
+def test_approximate_faiss_indices_reach_their_measured_recall_of_the_exact_search():
+    # 100 overlapping Gaussian clusters in 32-d (spread 1.0 around unit-variance centres): a query's true
+    # neighbours often lie in other IVF cells. Measured recall@10 against the exact search (faiss 1.15):
+    # IVF64,Flat 0.771 with 1 probe, 0.950 with 8; HNSW32 with efSearch 64: 0.999.
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(100, 32, generator=generator)
+    points = centres[torch.randint(0, 100, (6000,), generator=generator)] + torch.randn(
+        6000, 32, generator=generator
+    )
+    gallery, queries = points[:5000], points[5000:]
+    exact = EmbeddingIndex(gallery).search(queries, 10)[1]
+
+    def recall(**options) -> float:
+        found = EmbeddingIndex(gallery, **options).search(queries, 10)[1]
+        return float((found[:, :, None] == exact[:, None, :]).any(2).double().mean())
+
+    assert recall(approximate="IVF64,Flat", probes=8) >= 0.93
+    assert recall(approximate="IVF64,Flat", probes=1) < 0.85  # the probes are what buys the recall
+    assert recall(approximate="HNSW32", probes=64) >= 0.99

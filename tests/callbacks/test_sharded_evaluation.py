@@ -1,0 +1,29 @@
+"""Sharded evaluation in the callback: 2 gloo processes (sharded by default) log exactly what one process
+logs, gathered or sharded, on leave-one-out digits (padded by the sampler) and a query-vs-gallery set."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+SCRIPT = Path(__file__).with_name("sharded_evaluation_run.py")
+
+
+def logged(out: Path, world_size: int, sharded: str) -> dict[str, float]:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out), str(world_size), sharded],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=SCRIPT.parents[2],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(out, weights_only=True)
+
+
+def test_two_sharded_processes_log_what_one_process_logs(tmp_path):
+    gathered = logged(tmp_path / "gathered.pt", 1, "auto")
+    assert len(gathered) == 2 * 10 and "val/map@r" in gathered and "test/1nn_macro_f1" in gathered
+    assert logged(tmp_path / "one_shard.pt", 1, "on") == gathered
+    assert logged(tmp_path / "ddp.pt", 2, "auto") == gathered
