@@ -3,8 +3,9 @@
 SOP size by default: 60,502 × 512 clustered unit embeddings in 11,316 classes of 2–12, leave-one-out,
 Recall@{1, 10, 100, 1000}, precision@1, R-Precision and MAP@R. Every process takes the rows r, r + W, … (a
 ``DistributedSampler`` without shuffling) and runs ``metrics.sharded.sharded_rank`` and the gathered means,
-as ``RetrievalEvaluation`` does under DDP. Reported per process count: the metrics (checked identical to
-1 process's), the wall time of the slowest rank, and each rank's peak extra resident memory during the
+as ``RetrievalEvaluation(sharded=True)`` does under DDP. The reference row is the default path: one process
+ranking the whole set (``retrieval_metrics``). Reported per row: the metrics (checked identical to the
+reference's), the wall time of the slowest rank, and each rank's peak extra resident memory during the
 evaluation (``retrieval_eval.measure``: VmHWM reset, minus the resident memory before).
 
     python -m benchmarks.sharded_eval                                   # SOP size, 1, 2 and 4 processes
@@ -33,10 +34,12 @@ from benchmarks.retrieval_eval import (
     shuffled,
     skewed_sizes,
 )
-from lightning_dml.metrics import metrics_from_ranking
+from lightning_dml.metrics import metrics_from_ranking, retrieval_metrics
 from lightning_dml.metrics.sharded import gather_ranking, sharded_rank
 
 RECALL_AT = (1, 10, 100, 1000)
+#: Environment variable that makes a 1-process run use the gathered path (``metrics.ranking.rank``).
+GATHERED = "SHARDED_EVAL_GATHERED"
 
 
 def make_data(items: int, classes: int, dim: int, folder: Path) -> tuple[Path, Path]:
@@ -52,6 +55,8 @@ def make_data(items: int, classes: int, dim: int, folder: Path) -> tuple[Path, P
 
 def evaluate(embeddings: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> dict[str, float]:
     """This rank's share ranked against every rank's share, leave-one-out, and the gathered means."""
+    if GATHERED in os.environ:  # the reference: one process ranks the whole set (``sharded: false``)
+        return retrieval_metrics(embeddings, labels, recall_at=RECALL_AT)
     ranking = sharded_rank(embeddings, labels, ids, embeddings, labels, ids)
     gathered, _ = gather_ranking(ranking, labels, ids)
     return metrics_from_ranking(gathered, RECALL_AT)
@@ -86,9 +91,9 @@ def run(world_size: int, threads: int, data: tuple[Path, Path]) -> dict:
     return result | {"wall_seconds": time.perf_counter() - start}
 
 
-def render(results: dict[int, dict], environment: dict) -> str:
+def render(results: dict[str, dict], environment: dict) -> str:
     """The markdown report."""
-    reference = results[min(results)]["metrics"]
+    reference = next(iter(results.values()))["metrics"]
     lines = [
         "# Sharded exact evaluation: 1, 2 and 4 gloo processes on CPU",
         "",
@@ -99,15 +104,15 @@ def render(results: dict[int, dict], environment: dict) -> str:
         "Time: the slowest rank's evaluation (and the whole run with process start-up). Peak: each rank's",
         "extra resident memory during the evaluation; shard: its share of the float32 embeddings.",
         "",
-        "| processes | metrics equal to 1 process | eval time (s) | run time (s) | "
+        "| processes, path | metrics equal to the gathered path | eval time (s) | run time (s) | "
         "peak extra per rank (MiB) | shard per rank (MiB) |",
         "|---|---|---|---|---|---|",
     ]
-    for world_size, result in sorted(results.items()):
+    for name, result in results.items():
         ranks = result["ranks"]
         peaks = ", ".join("n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}" for r in ranks)
         lines.append(
-            f"| {world_size} | {'yes' if result['metrics'] == reference else 'NO'} | "
+            f"| {name} | {'yes' if result['metrics'] == reference else 'NO'} | "
             f"{max(r['seconds'] for r in ranks):.2f} | {result['wall_seconds']:.1f} | {peaks} | "
             f"{ranks[0]['shard_mib']:.0f} |"
         )
@@ -142,9 +147,12 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         data = make_data(arguments.items, arguments.classes, arguments.dim, Path(folder))
+        os.environ[GATHERED] = "1"
+        results["1, gathered (`rank`)"] = run(1, arguments.threads, data)
+        del os.environ[GATHERED]
         for world_size in arguments.processes:
-            results[world_size] = run(world_size, max(1, arguments.threads // world_size), data)
-            print(f"{world_size} processes: {results[world_size]['ranks']}", flush=True)
+            results[f"{world_size}, sharded"] = run(world_size, max(1, arguments.threads // world_size), data)
+            print(f"{world_size} processes: {results[f'{world_size}, sharded']['ranks']}", flush=True)
     environment["pressure_end"] = cpu_pressure()
     report = render(results, environment)
     print(report)

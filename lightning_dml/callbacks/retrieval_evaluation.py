@@ -22,7 +22,6 @@ from lightning_dml.callbacks.sharded_evaluation import (
     local_set,
     picture_ranking,
     rank_shards,
-    world_size,
 )
 from lightning_dml.errors import ConfigError, LightningDMLError
 from lightning_dml.inference.index import eval_mode
@@ -111,7 +110,9 @@ class RetrievalEvaluation(L.Callback):
         sharded: evaluate without gathering the embeddings (``callbacks.sharded_evaluation``): each rank
             ranks its queries against every rank's share and the metrics are equal to one process's
             (``metrics.sharded``); k-means still clusters the gathered queries on rank 0, and pictures, when
-            due, gather the set. ``None`` (default): sharded when there are several processes.
+            due, gather the set. Off by default: at SOP size on CPU it is ~3× slower than ranking the
+            gathered set on rank 0 (benchmarks/results/sharded_eval.md); it is for sets too large for one
+            device.
     """
 
     def __init__(
@@ -127,7 +128,7 @@ class RetrievalEvaluation(L.Callback):
         readouts: Mapping[str, Readout] | None = None,
         references: Sequence[Reference] = (),
         pictures: Pictures | None = PICTURES,
-        sharded: bool | None = None,
+        sharded: bool = False,
     ) -> None:
         self.recall_at = list(recall_at)
         self.metric = metric
@@ -277,10 +278,9 @@ class RetrievalEvaluation(L.Callback):
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: Stage) -> None:
         loaders, names, limited = evaluation_loaders(trainer, stage)
         self.last_outputs, self.last_rankings, self.last_readouts = {}, {}, {}
-        sharded = world_size() > 1 if self.sharded is None else self.sharded
         for idx, (name, loader) in enumerate(zip(names, loaders, strict=True)):
             batches = self._outputs.pop(idx)
-            if sharded:
+            if self.sharded:
                 metrics = self._evaluate_shards(trainer, name, batches, loader, limited[idx], stage)
             else:
                 metrics = self._evaluate_gathered(trainer, name, batches, loader, limited[idx], stage)

@@ -21,6 +21,7 @@ Tied scores: each per-query value is its expected value over a uniformly random 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -61,7 +62,8 @@ def metrics_from_ranking(ranking: Ranking, recall_at: Sequence[int] = (1, 2, 4, 
     }
     n_counted = int(counted.sum())
     return {
-        name: float(values[counted].sum(dtype=torch.float64)) / n_counted if n_counted else float("nan")
+        # math.fsum: exactly rounded, so a mean does not depend on the summation order (threads, ranks)
+        name: math.fsum(values[counted].double().tolist()) / n_counted if n_counted else float("nan")
         for name, values in per_query.items()
     }
 

@@ -1,7 +1,8 @@
 """Validates and tests the flattened pixels of small sets and saves the logged metrics.
 
-Run as ``python sharded_evaluation_run.py OUT WORLD_SIZE SHARDED`` (SHARDED: ``auto``, ``on`` or ``off``);
-with WORLD_SIZE 2 Lightning launches a second process (CPU, gloo). ``test_sharded_evaluation.py`` compares.
+Run from the repository root as ``python -m tests.callbacks.sharded_evaluation_run OUT WORLD_SIZE
+SHARDED`` (SHARDED: ``on`` or ``off``); with WORLD_SIZE 2 Lightning launches a second process (CPU, gloo).
+``test_sharded_evaluation.py`` compares.
 """
 
 import sys
@@ -21,7 +22,7 @@ def main(out: str, world_size: int, sharded: str) -> None:
         classification=True,
         seed=0,
         pictures=None,
-        sharded={"auto": None, "on": True, "off": False}[sharded],
+        sharded={"on": True, "off": False}[sharded],
     )
     trainer = L.Trainer(
         accelerator="cpu",

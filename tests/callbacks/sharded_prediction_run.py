@@ -1,7 +1,8 @@
 """Predicts a small tensor set with ``EmbeddingWriter(OUT, shards=SHARDS)``.
 
-Run as ``python sharded_prediction_run.py OUT WORLD_SIZE SHARDS`` (SHARDS: ``0`` or ``1``); with WORLD_SIZE 2
-Lightning launches a second process (CPU, gloo). ``test_embedding_writer.py`` reads what it wrote.
+Run from the repository root as ``python -m tests.callbacks.sharded_prediction_run OUT WORLD_SIZE SHARDS``
+(SHARDS: ``0`` or ``1``); with WORLD_SIZE 2 Lightning launches a second process (CPU, gloo).
+``test_embedding_writer.py`` reads what it wrote.
 """
 
 import sys

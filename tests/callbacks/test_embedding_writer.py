@@ -121,8 +121,16 @@ def test_bad_output_names_are_one_line_errors(tmp_path, monkeypatch):
 def test_two_ranks_write_one_shard_each_and_a_manifest_that_reads_as_one_file(tmp_path):
     script = Path(__file__).with_name("sharded_prediction_run.py")
     for folder, world_size, shards in (("single", 1, "0"), ("sharded", 2, "1")):
+        out = tmp_path / folder / "embeddings.npz"
         result = subprocess.run(
-            [sys.executable, str(script), str(tmp_path / folder / "embeddings.npz"), str(world_size), shards],
+            [
+                sys.executable,
+                "-m",
+                "tests.callbacks.sharded_prediction_run",
+                str(out),
+                str(world_size),
+                shards,
+            ],
             capture_output=True,
             text=True,
             timeout=300,
