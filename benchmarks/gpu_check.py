@@ -9,6 +9,10 @@ Rows, each measured on its own so that one failure does not hide the others:
   512-d head, multi-similarity loss and miner, AdamW) at 224 px, batches of 128 (16 classes × 8) made once
   on the GPU (no input pipeline): img/s in float32, bf16-mixed, and bf16-mixed with channels_last, so the
   recipes' choice of bf16 + channels_last is measured, not assumed.
+- the same bf16-mixed + channels_last step fed by the decoded-image cache's loader (a generated CUB-like
+  tree of 500 × 375 JPEGs prepared by ``lightning-dml-cache``'s code; workers crop and flip uint8 images,
+  the float steps run batched on the GPU, as a GPU run does): img/s against the synthetic row says whether
+  training is input-bound.
 - ``deml_release`` (configs/deml/release.yaml's model: GoogLeNet, 3 streams × 3 learners, 26 images at 227 px
   per GPU): seconds per training step with the recipe's precision and memory format.
 - ``sop_evaluation``: exact Recall@{1,10,100,1000}, R-Precision and MAP@R of 60,502 × 512 clustered unit
@@ -23,12 +27,15 @@ each row times ``--steps`` steps after ``--warmup`` steps, with the device synch
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import platform
+import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -36,16 +43,22 @@ from typing import Any
 import torch
 import yaml
 from jsonargparse import ArgumentParser
+from torch.utils.data import DataLoader
 
+from benchmarks.input_pipeline import write_dataset
 from benchmarks.retrieval_eval import clustered_embeddings, make_scenario, shuffled, skewed_sizes
 from benchmarks.runner import CONFIGS, RESULTS
+from lightning_dml.data import CUB200, ClassBalanced
+from lightning_dml.data.cache import prepare_cache
+from lightning_dml.data.transforms import Transforms
 from lightning_dml.methods import RetrievalModule
 from lightning_dml.metrics import retrieval_metrics
 
-#: Sizes of the real check and of the toy one (tests, CPU).
+#: Sizes of the real check and of the toy one (tests, CPU); ``images`` of the cache row's generated tree and
+#: its P × K batches (``classes``, ``per_class``).
 SIZES = {
-    "full": {"image": 224, "batch": 128, "deml_image": 227, "deml_batch": 26},
-    "toy": {"image": 32, "batch": 4, "deml_image": 64, "deml_batch": 4},
+    "full": {"image": 224, "batch": 128, "deml_image": 227, "deml_batch": 26, "images": 2000, "classes": 16},
+    "toy": {"image": 32, "batch": 4, "deml_image": 64, "deml_batch": 4, "images": 64, "classes": 2},
 }
 
 
@@ -68,11 +81,15 @@ def synchronize(device: torch.device) -> None:
 
 
 def seconds_per_step(
-    model: RetrievalModule, batch: dict[str, torch.Tensor], bf16: bool, warmup: int, steps: int
+    model: RetrievalModule,
+    batches: Iterator[dict[str, Any]],
+    device: torch.device,
+    bf16: bool,
+    warmup: int,
+    steps: int,
 ) -> float:
-    """Mean wall-clock seconds of a training step (loss, backward, optimizer step) of ``model`` on ``batch``,
-    in bf16 autocast if ``bf16``, over ``steps`` steps after ``warmup`` untimed ones."""
-    device = batch["image"].device
+    """Mean wall-clock seconds of a training step (next batch, loss, backward, optimizer step) of ``model``
+    on ``device``, in bf16 autocast if ``bf16``, over ``steps`` steps after ``warmup`` untimed ones."""
     model.to(device).train()
     model.configure_model()
     configured = model.configure_optimizers()
@@ -85,6 +102,7 @@ def seconds_per_step(
             if step == warmup:
                 synchronize(device)
                 start = time.perf_counter()
+            batch = next(batches)
             with autocast:
                 loss = model.training_loss(batch)
             optimizer.zero_grad(set_to_none=True)
@@ -115,9 +133,51 @@ def resnet50_rows(sizes: dict[str, int], device: torch.device, warmup: int, step
         torch.manual_seed(0)
         model, _ = recipe_model("resnet50_ms.yaml", pretrained=False)
         model.channels_last = channels_last
-        seconds = seconds_per_step(model, batch, bf16, warmup, steps)
+        seconds = seconds_per_step(model, itertools.repeat(batch), device, bf16, warmup, steps)
         rows[name] = {"seconds_per_step": seconds, "images_per_second": sizes["batch"] / seconds}
     return rows
+
+
+def loader_batches(datamodule: Any, loader: DataLoader, device: torch.device) -> Iterator[dict[str, Any]]:
+    """Endless training batches of ``loader``, moved to ``device`` and finished there by the data module's
+    ``on_after_batch_transfer``, as a training run gets them."""
+    while True:
+        for batch in loader:
+            moved = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+            yield datamodule.on_after_batch_transfer(moved, 0)
+
+
+def cache_row(sizes: dict[str, int], device: torch.device, warmup: int, steps: int) -> dict[str, Any]:
+    """Seconds per step and img/s of the ResNet-50 recipe's bf16-mixed + channels_last step fed by the cache
+    loader of a generated CUB-like tree (loader workers: the CPU cores, at most 8)."""
+    with tempfile.TemporaryDirectory() as folder:
+        write_dataset(Path(folder, "data"), sizes["images"])
+        per_class = sizes["batch"] // sizes["classes"]
+        datamodule = CUB200(
+            str(Path(folder, "data")),
+            cache=str(Path(folder, "cache")),
+            allow_partial=True,
+            validation=[],
+            transforms=Transforms(image_size=sizes["image"], resize=sizes["image"] * 8 // 7),
+            sampler=ClassBalanced(classes_per_batch=sizes["classes"], samples_per_class=per_class),
+        )
+        workers = min(8, len(os.sched_getaffinity(0)))
+        prepare_cache(datamodule, sizes["image"] * 8 // 7, workers=workers)
+        datamodule.setup("fit")
+        datamodule.scale_batches_on_device(device.type == "cuda")
+        loader = DataLoader(
+            datamodule.train_set,
+            batch_sampler=datamodule.sampler.batch_sampler(datamodule.train_set.labels, seed=0),
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=True,
+        )
+        torch.manual_seed(0)
+        model, _ = recipe_model("resnet50_ms.yaml", pretrained=False)
+        model.channels_last = True
+        batches = loader_batches(datamodule, loader, device)
+        seconds = seconds_per_step(model, batches, device, True, warmup, steps)
+    return {"seconds_per_step": seconds, "images_per_second": sizes["batch"] / seconds}
 
 
 def deml_row(sizes: dict[str, int], device: torch.device, warmup: int, steps: int) -> dict[str, Any]:
@@ -126,7 +186,7 @@ def deml_row(sizes: dict[str, int], device: torch.device, warmup: int, steps: in
     torch.manual_seed(0)
     model, bf16 = recipe_model("deml/release.yaml", weights=None)
     batch = synthetic_batch(sizes["deml_batch"], sizes["deml_image"], device)
-    seconds = seconds_per_step(model, batch, bf16, warmup, steps)
+    seconds = seconds_per_step(model, itertools.repeat(batch), device, bf16, warmup, steps)
     return {"seconds_per_step": seconds, "images_per_second": sizes["deml_batch"] / seconds}
 
 
@@ -171,8 +231,11 @@ def render(results: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     rows = {} if "error" in results["resnet50_ms"] else dict(results["resnet50_ms"])
-    if "error" not in results["deml_release"]:
-        rows["DeML release"] = results["deml_release"]
+    names = {
+        "resnet50_ms_cache": "ResNet-50 MS, bf16-mixed + channels_last, cache loader",
+        "deml_release": "DeML release",
+    }
+    rows |= {label: results[key] for key, label in names.items() if "error" not in results[key]}
     for name, row in rows.items():
         lines.append(f"| {name} | {row['images_per_second']:.1f} | {row['seconds_per_step']:.4f} |")
     evaluation = results["sop_evaluation"]
@@ -208,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     rows = {
         "resnet50_ms": guarded(lambda: resnet50_rows(sizes, device, options.warmup, options.steps)),
+        "resnet50_ms_cache": guarded(lambda: cache_row(sizes, device, options.warmup, options.steps)),
         "deml_release": guarded(lambda: deml_row(sizes, device, options.warmup, options.steps)),
         "sop_evaluation": guarded(lambda: evaluation_row(options.toy, device)),
     }

@@ -407,6 +407,16 @@ def cpu_pressure() -> str:
     return first_line.split()[2].split("=")[1] + "%"
 
 
+def write_report(out: Path, report: str, environment: dict, results: dict) -> None:
+    """Print the markdown ``report`` and write it to ``out.md``, every number to ``out.json``."""
+    print(report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(report)
+    out.with_suffix(".json").write_text(
+        json.dumps({"environment": environment, "results": results}, indent=2)
+    )
+
+
 def main() -> None:
     """Parse the flags, run the chosen scenarios, print and write the report."""
     parser = argparse.ArgumentParser(
@@ -442,13 +452,7 @@ def main() -> None:
             results[name] = run_retrieval(scenario, arguments.repeats or scenario.repeats)
     environment |= {"pressure_end": cpu_pressure(), "total_seconds": time.perf_counter() - start}
     report = render(results, environment)
-    print(report)
-    out = Path(arguments.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(report)
-    out.with_suffix(".json").write_text(
-        json.dumps({"environment": environment, "results": results}, indent=2)
-    )
+    write_report(Path(arguments.out), report, environment, results)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from benchmarks.retrieval_eval import (
     measure,
     shuffled,
     skewed_sizes,
+    write_report,
 )
 from lightning_dml.metrics import metrics_from_ranking, retrieval_metrics
 from lightning_dml.metrics.sharded import gather_ranking, sharded_rank
@@ -155,13 +156,7 @@ def main() -> None:
             print(f"{world_size} processes: {results[f'{world_size}, sharded']['ranks']}", flush=True)
     environment["pressure_end"] = cpu_pressure()
     report = render(results, environment)
-    print(report)
-    out = Path(arguments.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(report)
-    out.with_suffix(".json").write_text(
-        json.dumps({"environment": environment, "results": results}, indent=2)
-    )
+    write_report(Path(arguments.out), report, environment, results)
 
 
 if __name__ == "__main__":

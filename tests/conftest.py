@@ -1,5 +1,7 @@
 """Shared fixtures: the repository root and quick CLI arguments."""
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,15 @@ def quick_cli_args(runs: Path, *configs: str) -> list[str]:
         "--trainer.logger.init_args.save_dir",
         str(runs),
     ]
+
+
+def run_module(module: str, *args: str) -> None:
+    """Run ``python -m MODULE ARGS`` from the repository root (a DDP script: Lightning starts its other
+    processes), asserting that it succeeds."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def data_module_of(*configs: str) -> Any:

@@ -14,8 +14,8 @@ from tests.reference import brute_force_metrics
 def test_the_gpu_check_measures_every_row_and_its_evaluation_is_exact(tmp_path):
     gpu_check.main(["--toy", "--warmup", "1", "--steps", "1", "--out", str(tmp_path)])
     results = json.loads((tmp_path / "gpu_check.json").read_text())
-    training = [*results["resnet50_ms"].values(), results["deml_release"]]
-    assert len(training) == 4 and all(row["images_per_second"] > 0 for row in training)
+    training = [*results["resnet50_ms"].values(), results["resnet50_ms_cache"], results["deml_release"]]
+    assert len(training) == 5 and all(row["images_per_second"] > 0 for row in training)
     # the toy scenario, rebuilt here, against the float64 brute force
     generator = torch.Generator().manual_seed(0)
     sizes = skewed_sizes(600, 3000, 2, 12, generator)

@@ -136,9 +136,10 @@ class RetrievalDataModule(L.LightningDataModule):
         :meth:`Protocol.split_pool`)."""
         return self.protocol.split_pool(source, train_classes, test_fraction, self.seed)
 
-    def transform(self, train: bool) -> Callable | None:
-        """Return the transform of training (``train``) or evaluation images (from ``preprocessing``)."""
-        return self.preprocessing.transform(train)
+    def transform(self, train: bool, scale: bool = True) -> Callable | None:
+        """Return the transform of training (``train``) or evaluation images (from ``preprocessing``), without
+        its float steps unless ``scale``."""
+        return self.preprocessing.transform(train, scale)
 
     def normalise_with(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """Normalise images with ``mean`` and ``std``: ``preprocessing`` takes them, and the sets already
@@ -157,7 +158,7 @@ class RetrievalDataModule(L.LightningDataModule):
         """Return the training and evaluation transforms the sets get: without the float steps when
         ``scale_on_device``."""
         scale = not self.scale_on_device
-        return self.preprocessing.transform(True, scale), self.preprocessing.transform(False, scale)
+        return self.transform(True, scale), self.transform(False, scale)
 
     def retransform(self) -> None:
         """Give the sets already built the transforms of :meth:`set_transforms`."""

@@ -1,9 +1,6 @@
 """The prediction writer: dataset order, one row per image, paths, both formats, atomic writes."""
 
 import importlib.util
-import subprocess
-import sys
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -20,6 +17,7 @@ from lightning_dml.errors import ConfigError, DataError
 from lightning_dml.inference import EmbeddingIndex
 from lightning_dml.inference.embedding_files import read_embeddings, to_numpy
 from lightning_dml.methods import RetrievalModule
+from tests.conftest import run_module
 
 
 class Flatten(RetrievalModule):
@@ -119,24 +117,9 @@ def test_bad_output_names_are_one_line_errors(tmp_path, monkeypatch):
 
 
 def test_two_ranks_write_one_shard_each_and_a_manifest_that_reads_as_one_file(tmp_path):
-    script = Path(__file__).with_name("sharded_prediction_run.py")
     for folder, world_size, shards in (("single", 1, "0"), ("sharded", 2, "1")):
         out = tmp_path / folder / "embeddings.npz"
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tests.callbacks.sharded_prediction_run",
-                str(out),
-                str(world_size),
-                shards,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=script.parents[2],
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
+        run_module("tests.callbacks.sharded_prediction_run", str(out), str(world_size), shards)
     names = sorted(p.name for p in (tmp_path / "sharded").iterdir())
     assert names == [
         "embeddings.manifest.json",

@@ -38,7 +38,7 @@ class QueryGallery(RetrievalDataModule):
         test = RetrievalDataset(source, is_query=is_query, is_gallery=torch.ones_like(is_query))
         return RetrievalDataset(source), test
 
-    def transform(self, train: bool):
+    def transform(self, train: bool, scale: bool = True):
         return None
 
 

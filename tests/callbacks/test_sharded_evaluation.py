@@ -1,24 +1,15 @@
 """Sharded evaluation in the callback: 2 gloo processes, sharded, log exactly what one process logs,
 gathered or sharded, on leave-one-out digits (padded by the sampler) and a query-vs-gallery set."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).with_name("sharded_evaluation_run.py")
+from tests.conftest import run_module
 
 
 def logged(out: Path, world_size: int, sharded: str) -> dict[str, float]:
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.callbacks.sharded_evaluation_run", str(out), str(world_size), sharded],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=SCRIPT.parents[2],
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_module("tests.callbacks.sharded_evaluation_run", str(out), str(world_size), sharded)
     return torch.load(out, weights_only=True)
 
 

@@ -1,7 +1,8 @@
 """Trains MetricLearning for a few SGD steps on fixed data and saves the final weights.
 
-Run as ``python ddp_equivalence.py OUT WORLD_SIZE BATCH_SIZE STEPS``; with WORLD_SIZE 2 Lightning launches a
-second process (CPU, gloo). ``tests/methods/test_ddp.py`` compares 2 processes × B with 1 process × 2B.
+Run from the repository root as ``python -m tests.methods.ddp_equivalence OUT WORLD_SIZE BATCH_SIZE
+STEPS``; with WORLD_SIZE 2 Lightning launches a second process (CPU, gloo). ``tests/methods/test_ddp.py``
+compares 2 processes × B with 1 process × 2B.
 """
 
 import os

@@ -1,23 +1,14 @@
 """Under DDP (2 CPU processes, gloo), gathered embeddings train like one process with the whole batch."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).with_name("ddp_equivalence.py")
+from tests.conftest import run_module
 
 
 def train(out: Path, world_size: int, batch_size: int, steps: int = 4) -> dict[str, torch.Tensor]:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), str(world_size), str(batch_size), str(steps)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=SCRIPT.parents[2],
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_module("tests.methods.ddp_equivalence", str(out), str(world_size), str(batch_size), str(steps))
     return torch.load(out, weights_only=True)
 
 
