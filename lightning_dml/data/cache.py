@@ -70,6 +70,9 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
 def resized_item(source: ImageFiles, short_side: int, skipped: frozenset[int], i: int) -> dict[str, Any]:
     """Return cache item ``i``: image ``i`` of ``source`` as uint8, its shorter side resized to ``short_side``
     as the image files' transform resizes (``ToImage`` then ``Resize``); an empty image when ``skipped``."""
+    # Runs in a forked litdata worker: OpenMP's thread pool does not survive a fork, so one thread, as
+    # PyTorch's own DataLoader workers do (else a parent that used the pool deadlocks the copy below).
+    torch.set_num_threads(1)
     if i in skipped:
         return {"index": i, "image": torch.zeros(3, 0, 0, dtype=torch.uint8)}
     image = v2.Resize(short_side)(v2.functional.to_image(source.load(i)))

@@ -1,6 +1,8 @@
 """The decoded-image cache: the same sets as the image files, the resized pixels, and its refusals."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from lightning_dml.cache_cli import main as cache_main
 from lightning_dml.data import CUB200, Cars196, ImageCSV, ImageFolder, InShop, StanfordOnlineProducts
 from lightning_dml.data.cache import prepare_cache
 from lightning_dml.errors import DataError
+from tests.conftest import REPO
 from tests.data.tree_builders import (
     cars_mat_tree,
     csv_tree,
@@ -195,3 +198,18 @@ def test_the_command_prepares_the_cache_of_a_data_config(tmp_path, capsys):
         cache_main([*args, "--workers", "1"])
     with pytest.raises(SystemExit, match=r"^error: data.init_args.cache is not set"):
         cache_main(args[:-2])
+
+
+def test_preparing_after_the_parent_used_its_thread_pool_does_not_hang(tmp_path):
+    # litdata forks its workers; they deadlocked in OpenMP once the parent had used its thread pool
+    script = (
+        "import sys, torch; torch.set_num_threads(2); x = torch.randn(1500, 1500); (x @ x).contiguous(); "
+        "from pathlib import Path; from tests.data.test_cache import CASES; from lightning_dml.data.cache "
+        "import prepare_cache; write, make = CASES['cub']; root = Path(sys.argv[1]); write(root / 'data'); "
+        "prepare_cache(make(root / 'data', cache=str(root / 'cache')), 64, workers=2)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "cache" / "manifest.json").is_file()
