@@ -178,7 +178,7 @@ def test_dockerfile_entrypoint_is_the_declared_console_script(dockerfile):
     entrypoints = [
         json.loads(arguments) for keyword, arguments in instructions(dockerfile) if keyword == "ENTRYPOINT"
     ]
-    assert console_scripts() == {"lightning-dml"}
+    assert console_scripts() == {"lightning-dml", "lightning-dml-cache"}  # the cache: --entrypoint
     assert entrypoints == [["lightning-dml"]], (
         f"{dockerfile.name}: ENTRYPOINT must be the console script alone"
     )

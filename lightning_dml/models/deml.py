@@ -108,7 +108,8 @@ class DeMLStream(nn.Module):
         upper = self.upper(trunk)
         # Pooling and embeddings in float32 under mixed precision too: they feed the losses and the metrics.
         with without_autocast(self):
-            pooled = upper.float().mean(dim=(-2, -1)).view(-1, batch, upper.shape[1])
+            upper_full = upper.to(self.embeddings[0].weight.dtype)
+            pooled = upper_full.mean(dim=(-2, -1)).view(-1, batch, upper.shape[1])
             if self.attentions:
                 embeddings = self.embeddings[0](pooled)
             else:
@@ -201,9 +202,10 @@ class DeMLNetwork(nn.Module):
         self, upper: torch.Tensor, image_size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention maps (B, h, w) of an upper map and the crop boxes (B, 4) they select (no gradient)."""
-        with torch.no_grad(), without_autocast(self):  # float32 power iterations
+        with torch.no_grad(), without_autocast(self):  # power iterations in the weights' precision
+            upper = upper.detach().to(next(self.parameters()).dtype)
             maps = random_walk_attention(
-                upper.detach().float(), self.attention_sigma, self.attention_steps, self.stationary_attention
+                upper, self.attention_sigma, self.attention_steps, self.stationary_attention
             )
             return maps, attention_crop_boxes(maps, image_size)
 

@@ -50,5 +50,5 @@ class EmbeddingHead(nn.Module):
         """Embeddings (B, embedding_size) of features (B, in_features); unit L2 norm if ``normalize``."""
         # In float32 under mixed precision too: the embeddings feed the loss and the exact metrics.
         with without_autocast(self):
-            embeddings = self.layers(features.float())
+            embeddings = self.layers(features.to(self.layers[-1].weight.dtype))
         return F.normalize(embeddings, dim=1) if self.normalize else embeddings
