@@ -66,8 +66,9 @@ def rank_shards(
 
 
 def picture_ranking(ranking: Ranking, query_ids: Tensor, outputs: dict[str, Tensor], top_k: int) -> Ranking:
-    """The pictures' ``Ranking`` of a gathered set (``outputs``, sorted by index, on every rank): AP@R and the
-    first ``top_k`` items of every query, their gallery ids turned into positions among the gallery rows."""
+    """The pictures' ``Ranking`` of a gathered set (``outputs``, sorted by index, on every rank): AP@R,
+    R-Precision and the first ``top_k`` items of every query, their gallery ids turned into positions among
+    the gallery rows."""
     ranks = Ranks()
     order = torch.argsort(ranks.cat(query_ids))
     top = ranks.cat(ranking.top_indices[:, :top_k].contiguous())[order]
@@ -83,7 +84,7 @@ def picture_ranking(ranking: Ranking, query_ids: Tensor, outputs: dict[str, Tens
         tied=zeros,
         tied_relevant=zeros,
         average_precision=average_precision,
-        r_precision=average_precision,
+        r_precision=ranks.cat(ranking.r_precision)[order],
         top_indices=positions,
         top_scores=ranks.cat(ranking.top_scores[:, :top_k].contiguous())[order],
     )
