@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 
-from benchmarks.runner import RESULTS, cli_entry, paired_difference, run_grid, save, stack
+from benchmarks.runner import DATASETS, RESULTS, cli_entry, paired_difference, run_grid, save, stack
 
 METRICS = ["recall@1", "map@r", "nmi", "seconds"]
 FULL = "DeML full (I=2, J=3, hinge, aux)"
@@ -36,7 +35,7 @@ def budget_args(steps: int) -> list[str]:
     """The same data, budget and evaluation for every row."""
     return [
         "--data.init_args.root",
-        "/work/shared/datasets" if Path("/work/shared/datasets").is_dir() else "../shared/datasets",
+        DATASETS,
         "--data.init_args.validation",
         "[]",
         "--checkpoint.monitor",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.runner import RESULTS, confidence_interval, run_cli, save, stack, test_results
+from benchmarks.runner import DATASETS, RESULTS, confidence_interval, run_cli, save, stack, test_results
 from lightning_dml.callbacks import RetrievalEvaluation
 from lightning_dml.callbacks.plots import plot_embeddings_2d
 from lightning_dml.cli import DMLCLI
@@ -29,7 +29,6 @@ from lightning_dml.methods.gdml import TARGET_ACCURACY, TARGETS_FILE
 
 #: The dataset config and its overlay of the paper's student and baseline values.
 FASHION_MNIST = ("data/fashion_mnist.yaml", "gdml/fashion_mnist.yaml")
-ROOT = str(Path(__file__).parents[2] / "shared/datasets")
 METRICS = ["1nn_macro_recall", "1nn_macro_f1", "recall@1", "map@r", "r_precision", "nmi", "f1", "seconds"]
 #: The paper's Table 2 (Fashion-MNIST, d = 2, closed set, mean of 10 runs): Recall@1, MAP@R, in percent.
 PAPER = {
@@ -52,7 +51,7 @@ def common_args(epochs: int) -> list[str]:
     """The data, epochs and evaluation shared by every row: full Fashion-MNIST, test at the last epoch."""
     return [
         "--data.init_args.root",
-        ROOT,
+        DATASETS,
         "--data.init_args.validation",
         "[]",
         "--trainer.max_epochs",
@@ -84,7 +83,7 @@ def run_gdml(seed: int, epochs: int, teacher_epochs: int) -> dict[str, float]:
         teacher_args = [
             *stack("data/fashion_mnist.yaml", "gdml/teacher.yaml", "gdml/fashion_mnist_teacher.yaml")
         ]
-        teacher_args += ["--data.init_args.root", ROOT]
+        teacher_args += ["--data.init_args.root", DATASETS]
         teacher_args += [
             "--trainer.max_epochs",
             str(teacher_epochs),

@@ -50,6 +50,7 @@ from benchmarks.retrieval_eval import clustered_embeddings, make_scenario, shuff
 from benchmarks.runner import CONFIGS, RESULTS
 from lightning_dml.data import CUB200, ClassBalanced
 from lightning_dml.data.cache import prepare_cache
+from lightning_dml.data.datamodule import collate_items
 from lightning_dml.data.transforms import Transforms
 from lightning_dml.methods import RetrievalModule
 from lightning_dml.metrics import retrieval_metrics
@@ -164,13 +165,14 @@ def cache_row(sizes: dict[str, int], device: torch.device, warmup: int, steps: i
         workers = min(8, len(os.sched_getaffinity(0)))
         prepare_cache(datamodule, sizes["image"] * 8 // 7, workers=workers)
         datamodule.setup("fit")
-        datamodule.scale_batches_on_device(device.type == "cuda")
+        datamodule.scale_after_transfer(device.type == "cuda")
         loader = DataLoader(
             datamodule.train_set,
             batch_sampler=datamodule.sampler.batch_sampler(datamodule.train_set.labels, seed=0),
             num_workers=workers,
             pin_memory=device.type == "cuda",
             persistent_workers=True,
+            collate_fn=collate_items,
         )
         torch.manual_seed(0)
         model, _ = recipe_model("resnet50_ms.yaml", pretrained=False)

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.runner import Entry, cli_entry, paired_difference, run_grid, save
+from benchmarks.runner import DATASETS, Entry, cli_entry, paired_difference, run_grid, save
 from lightning_dml.data import FashionMNIST
 from lightning_dml.metrics import retrieval_metrics
 
 CONFIG = str(Path(__file__).parents[1] / "configs/readouts/fashion_mnist.yaml")
-ROOT = "/work/shared/datasets" if Path("/work/shared/datasets").is_dir() else "../shared/datasets"
 METRICS = ["recall@1", "map@r"]
 #: Table label of each representation and the prefix of its test metrics.
 REPRESENTATIONS = {"embedding": "", "GAP of the last block": "gap/", "7×7 grid of the last block": "grid7/"}
@@ -35,7 +34,7 @@ REPRESENTATIONS = {"embedding": "", "GAP of the last block": "gap/", "7×7 grid 
 def pixel_metrics() -> dict[str, float]:
     """Metrics of the mean-centred pixel vectors of the test set (the eval transform is affine, so this
     equals raw pixels)."""
-    data = FashionMNIST(root=ROOT, validation=[])
+    data = FashionMNIST(root=DATASETS, validation=[])
     data.setup("test")
     test = data.test_set
     pixels = torch.stack([test[i]["image"] for i in range(len(test))]).flatten(1)
@@ -60,7 +59,7 @@ def main() -> None:
         CONFIG,
         *(argument for overlay in options.overlay for argument in ("--config", overlay)),
         "--data.init_args.root",
-        ROOT,
+        DATASETS,
         "--data.init_args.validation",
         "[]",
         "--checkpoint.monitor",

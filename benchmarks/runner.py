@@ -21,6 +21,8 @@ from lightning_dml.cli import DMLCLI
 
 RESULTS = Path(__file__).parent / "results"
 CONFIGS = Path(__file__).parents[1] / "configs"
+#: ``../shared/datasets`` beside the checkout, where the benchmarks read their data.
+DATASETS = str(Path(__file__).parents[2] / "shared/datasets")
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The decoded-image cache: a data module's images decoded once, resized to a short side, in litdata chunks.
 
 ``lightning-dml-cache`` writes it with ``litdata.optimize``: one item per image of the data module's source,
-``{"index": i, "image": (3, H, W) uint8}``, plus ``manifest.json`` (what it holds). The data module's
+``{"index": i, "image": (H, W, 3) uint8}``, plus ``manifest.json`` (what it holds). The data module's
 ``cache`` key reads it in place of the image files; annotations, split, roles and count checks still come
 from the data module's own ``build`` (see :meth:`ImageFileDataModule.screen_images`).
 
@@ -33,7 +33,7 @@ from lightning_dml.data.base import ImageFiles, RetrievalDataset
 from lightning_dml.errors import DataError
 
 MANIFEST = "manifest.json"
-FORMAT = "lightning_dml decoded images 1: raw uint8 (3, H, W), shorter side short_side"
+FORMAT = "lightning_dml decoded images 2: raw uint8 (H, W, 3), shorter side short_side"
 #: What must agree between a cache and the data module reading it (the rest of the manifest is a record).
 IDENTITY = ("format", "dataset", "images", "source")
 CHUNK_BYTES = "64MB"
@@ -68,15 +68,16 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
 
 
 def resized_item(source: ImageFiles, short_side: int, skipped: frozenset[int], i: int) -> dict[str, Any]:
-    """Return cache item ``i``: image ``i`` of ``source`` as uint8, its shorter side resized to ``short_side``
-    as the image files' transform resizes (``ToImage`` then ``Resize``); an empty image when ``skipped``."""
+    """Return cache item ``i``: image ``i`` of ``source`` as uint8 ``(H, W, 3)``, its shorter side resized to
+    ``short_side`` as the image files' transform resizes (``ToImage`` then ``Resize``); an empty image when
+    ``skipped``."""
     # Runs in a forked litdata worker: OpenMP's thread pool does not survive a fork, so one thread, as
     # PyTorch's own DataLoader workers do (else a parent that used the pool deadlocks the copy below).
     torch.set_num_threads(1)
     if i in skipped:
-        return {"index": i, "image": torch.zeros(3, 0, 0, dtype=torch.uint8)}
+        return {"index": i, "image": torch.zeros(0, 0, 3, dtype=torch.uint8)}
     image = v2.Resize(short_side)(v2.functional.to_image(source.load(i)))
-    return {"index": i, "image": image.as_subclass(torch.Tensor).contiguous()}
+    return {"index": i, "image": image.as_subclass(torch.Tensor).permute(1, 2, 0).contiguous()}
 
 
 def prepare_cache(module: Any, short_side: int = 256, workers: int | None = None) -> dict[str, Any]:
@@ -159,7 +160,7 @@ class CachedImages(ImageFiles):
         return {**self.__dict__, "_items": None}
 
     def load(self, i: int) -> torch.Tensor:
-        """Return image ``i`` as a ``(3, H, W)`` uint8 tensor from the cache."""
+        """Return image ``i`` as a ``(3, H, W)`` uint8 tensor (channels-last strides) from the cache."""
         if self._pid != os.getpid():
             from litdata import StreamingDataset  # deferred: start-up time of the CLI
 
@@ -168,7 +169,9 @@ class CachedImages(ImageFiles):
         if item["index"] != i:
             damaged = f"{self.folder}: item {i} holds image {item['index']}"
             raise DataError(f"{damaged}; the cache is damaged: delete it and prepare it again")
-        return item["image"].clone()  # litdata's tensor is a read-only view of the chunk's bytes
+        # a copy (litdata's tensor is a read-only view of the chunk's bytes), seen as (3, H, W): channels
+        # last, the layout torch's uint8 resize works in (random resized crops 30 % faster than from CHW)
+        return item["image"].clone().permute(2, 0, 1)
 
 
 def cached_views(

@@ -151,20 +151,38 @@ def test_scaling_on_the_device_moves_the_float_steps_from_the_sets_to_the_transf
     data = Digits(validation=["test"])
     data.setup()
     whole = data.test_set[0]["image"]
-    data.scale_batches_on_device(True)
+    data.scale_after_transfer(True)
     item = data.test_set[0]
     assert item["image"].dtype == torch.uint8
     batch = data.on_after_batch_transfer({"image": item["image"][None], "label": torch.tensor([0])}, 0)
     torch.testing.assert_close(batch["image"][0], whole, rtol=0, atol=0)
-    data.scale_batches_on_device(False)
+    data.scale_after_transfer(False)
     assert torch.equal(data.test_set[0]["image"], whole)
 
 
 def test_loader_options_pin_and_prefetch_only_on_a_gpu():
     from lightning import Trainer
 
-    from lightning_dml.data.datamodule import loader_options
+    from lightning_dml.data.datamodule import collate_items, loader_options
 
     cpu = Trainer(accelerator="cpu", devices=1, logger=False)
-    assert loader_options(cpu, None) == {"num_workers": 0, "persistent_workers": False, "pin_memory": False}
-    assert loader_options(None, 3) == {"num_workers": 3, "persistent_workers": True, "pin_memory": False}
+    options = {"num_workers": 0, "persistent_workers": False, "pin_memory": False}
+    options["collate_fn"] = collate_items
+    assert loader_options(cpu, None) == options
+    assert loader_options(None, 3) == options | {"num_workers": 3, "persistent_workers": True}
+
+
+def test_channels_last_images_collate_into_a_channels_last_batch_of_the_same_values():
+    from torch.utils.data import default_collate
+
+    from lightning_dml.data.datamodule import collate_items
+
+    generator = torch.Generator().manual_seed(0)
+    stored = [torch.randint(0, 256, (9, 11, 3), dtype=torch.uint8, generator=generator) for _ in range(4)]
+    crops = [{"image": image.permute(2, 0, 1)[:, 1:8, 2:9], "label": i} for i, image in enumerate(stored)]
+    batch = collate_items(crops)
+    reference = default_collate([{**item, "image": item["image"].contiguous()} for item in crops])
+    assert torch.equal(batch["image"], reference["image"]) and torch.equal(batch["label"], reference["label"])
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last)
+    plain = [{**item, "image": item["image"].contiguous()} for item in crops]
+    assert collate_items(plain)["image"].is_contiguous()
