@@ -112,11 +112,10 @@ def measure(root: Path, images: int, repeats: int) -> list[dict]:
     for name, module in (("JPEG files", files), ("cache", cached)):
         module.setup()
         source = module.test_set.source  # every image of the tree
-        scaling = module.preprocessing.scaling()
         for train in (True, False):
             for place in PLACES[name]:
                 transform = module.preprocessing.transform(train, scale=place == "worker")
-                finish = scaling if place == "training process" else None
+                finish = module.preprocessing.scale_batch if place == "training process" else None
                 speed = images_per_second(RetrievalDataset(source, None, transform), repeats, finish)
                 rows.append({"path": name, "train": train, "float_steps": place, "img_s": speed})
     for row in rows:

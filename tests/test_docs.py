@@ -38,6 +38,17 @@ def test_the_normalized_softmax_overlay_builds_one_proxy_per_training_class_of_t
     assert model.loss_lr == 0.01
 
 
+def test_the_neighbourhood_overlay_regularises_a_head_reading_the_grid():
+    from lightning_dml.losses import NeighbourhoodPreservation
+
+    overlays = ["fashion_mnist", "normalized_softmax", "grid_head", "neighbourhood"]
+    configs = [arg for name in overlays for arg in ("--config", str(REPO / f"configs/readouts/{name}.yaml"))]
+    root = str(REPO.parent / "shared/datasets")
+    model = DMLCLI(args=[*configs, "--data.init_args.root", root], run=False).model
+    assert isinstance(model.regulariser, NeighbourhoodPreservation) and model.regulariser.weight == 1.0
+    assert model.backbone.out_features == 128 * 7 * 7  # the head, and the regulariser, read the 7×7 grid
+
+
 def test_the_readme_python_snippet_runs_after_the_quickstart_and_predict(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = quick_cli_args(tmp_path / "runs")

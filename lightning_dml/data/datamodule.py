@@ -306,7 +306,7 @@ class RetrievalDataModule(L.LightningDataModule):
         quarter of the bytes: float ones cost more to move between processes than the float steps cost
         (benchmarks/input_pipeline.py)."""
         if self.scaling_after_transfer:
-            batch["image"] = self.preprocessing.scaling()(batch["image"])
+            batch["image"] = self.preprocessing.scale_batch(batch["image"])
         return batch
 
     def val_dataloader(self) -> list[DataLoader]:

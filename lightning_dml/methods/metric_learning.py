@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_dml.losses import NeighbourhoodPreservation
 from lightning_dml.methods.base import RetrievalModule, gathered_across_ranks, lr_groups
 from lightning_dml.models import EmbeddingHead
 
@@ -31,6 +32,9 @@ class MetricLearning(RetrievalModule):
             batch of W·B. Only the local embeddings carry gradient; the loss is scaled by W so that DDP's
             gradient average equals the gradient of the single-process W·B batch. Needs PML-style losses
             and miners. ``False``: each rank's loss sees its own batch only.
+        regulariser: optional :class:`~lightning_dml.losses.NeighbourhoodPreservation`, added to the loss:
+            the embeddings keep the in-batch neighbourhoods of the backbone's output (the features the head
+            reads), computed on this rank's batch.
         **kwargs: optimizer, scheduler and memory-format options of :class:`RetrievalModule`.
     """
 
@@ -45,6 +49,7 @@ class MetricLearning(RetrievalModule):
         backbone_lr: float | None = None,
         loss_lr: float | None = None,
         gather_across_ranks: bool = True,
+        regulariser: NeighbourhoodPreservation | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -56,17 +61,20 @@ class MetricLearning(RetrievalModule):
         self.backbone_lr = backbone_lr
         self.loss_lr = loss_lr
         self.gather_across_ranks = gather_across_ranks
+        self.regulariser = regulariser
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Return ``head(backbone(images))``."""
         return self.head(self.backbone(images))
 
     def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Apply the miner (if any) and the loss to the batch's embeddings."""
-        embeddings, labels = self.embed(batch["image"]), batch["label"]
+        """Apply the miner (if any) and the loss to the batch's embeddings, plus the regulariser (if any)."""
+        features = self.backbone(batch["image"])
+        embeddings, labels = self.head(features), batch["label"]
         loss, miner = gathered_across_ranks(self.loss, self.miner, self.gather_across_ranks)
         tuples = miner(embeddings, labels) if miner is not None else None
-        return loss(embeddings, labels, tuples)
+        value = loss(embeddings, labels, tuples)
+        return value if self.regulariser is None else value + self.regulariser(embeddings, features)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Backbone, head and loss parameters, with their own learning rates where configured."""

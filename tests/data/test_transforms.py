@@ -131,3 +131,7 @@ def test_uint8_geometry_then_batched_scaling_equals_the_whole_transform(raw_pixe
         crops = torch.stack([preprocessing.transform(train, scale=False)(PHOTO) for _ in range(2)])
         assert crops.dtype == torch.uint8
         torch.testing.assert_close(preprocessing.scaling()(crops), whole, rtol=0, atol=0)
+        torch.testing.assert_close(preprocessing.scale_batch(crops), whole, rtol=0, atol=0)
+        channels_last = preprocessing.scale_batch(crops.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(channels_last, whole, rtol=0, atol=0)
+        assert channels_last.is_contiguous(memory_format=torch.channels_last)

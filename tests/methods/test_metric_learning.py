@@ -21,6 +21,19 @@ def test_parameter_groups_carry_their_own_learning_rates():
     assert optimizer.param_groups[2]["params"] == [model.loss.beta]
 
 
+def test_a_regulariser_adds_its_term_on_the_embeddings_and_the_backbones_output():
+    from lightning_dml.losses import NeighbourhoodPreservation
+
+    torch.manual_seed(0)
+    term = NeighbourhoodPreservation(weight=0.5)
+    model = MetricLearning(SmallCNN(widths=[8]), MultiSimilarityLoss(), embedding_size=4, regulariser=term)
+    batch = {"image": torch.randn(6, 1, 8, 8), "label": torch.tensor([0, 0, 1, 1, 2, 2])}
+    features = model.backbone(batch["image"])
+    embeddings = model.head(features)
+    expected = MultiSimilarityLoss()(embeddings, batch["label"]) + term(embeddings, features)
+    torch.testing.assert_close(model.training_loss(batch), expected)
+
+
 def test_training_lowers_the_loss_on_digits():
     torch.manual_seed(0)
     model = MetricLearning(SmallCNN(widths=[16, 32]), MultiSimilarityLoss(), embedding_size=16)
