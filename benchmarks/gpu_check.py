@@ -140,12 +140,13 @@ def resnet50_rows(sizes: dict[str, int], device: torch.device, warmup: int, step
 
 
 def loader_batches(datamodule: Any, loader: DataLoader, device: torch.device) -> Iterator[dict[str, Any]]:
-    """Endless training batches of ``loader``, moved to ``device`` and finished there by the data module's
-    ``on_after_batch_transfer``, as a training run gets them."""
+    """Endless training batches of ``loader`` (the data module's uint8 ``loader_view``), moved to ``device``
+    and finished there by ``Preprocessing.scale_batch``, as a training run gets them."""
     while True:
         for batch in loader:
             moved = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-            yield datamodule.on_after_batch_transfer(moved, 0)
+            moved["image"] = datamodule.preprocessing.scale_batch(moved["image"])
+            yield moved
 
 
 def cache_row(sizes: dict[str, int], device: torch.device, warmup: int, steps: int) -> dict[str, Any]:
@@ -165,9 +166,8 @@ def cache_row(sizes: dict[str, int], device: torch.device, warmup: int, steps: i
         workers = min(8, len(os.sched_getaffinity(0)))
         prepare_cache(datamodule, sizes["image"] * 8 // 7, workers=workers)
         datamodule.setup("fit")
-        datamodule.scale_after_transfer(device.type == "cuda")
         loader = DataLoader(
-            datamodule.train_set,
+            datamodule.loader_view(datamodule.train_set),
             batch_sampler=datamodule.sampler.batch_sampler(datamodule.train_set.labels, seed=0),
             num_workers=workers,
             pin_memory=device.type == "cuda",

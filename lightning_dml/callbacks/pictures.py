@@ -37,8 +37,8 @@ def load_images(
     """Images ``dataset[i]["image"]`` for ``i`` in ``positions`` as ``(N, C, size, size)`` floats in [0, 1].
 
     The evaluation transform's normalisation is undone with ``mean`` and ``std`` (per channel or one value);
-    uint8 images (a data module scaling on the device) are divided by 255 instead. ``size`` resizes each image
-    to that square (``None``: keep the size, which must then be common).
+    uint8 images (a loader's, when the data module scales after transfer) are divided by 255 instead.
+    ``size`` resizes each image to that square (``None``: keep the size, which must then be common).
     """
     images = []
     for i in positions.tolist():

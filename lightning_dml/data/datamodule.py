@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -129,7 +130,6 @@ class RetrievalDataModule(L.LightningDataModule):
         self.preprocessing = transforms.resolve(self.default_preprocessing)
         self.num_workers = num_workers
         self.seed = seed
-        self.scaling_after_transfer = False  # see on_after_batch_transfer
         self.train_set: RetrievalDataset | None = None
         self.val_sets: dict[str, RetrievalDataset] = {}
         self.test_set: RetrievalDataset | None = None
@@ -163,24 +163,29 @@ class RetrievalDataModule(L.LightningDataModule):
         self.preprocessing = replace(self.preprocessing, mean=tuple(mean), std=tuple(std))
         self.retransform()
 
-    def scale_after_transfer(self, enabled: bool) -> None:
-        """Leave the float steps of the transforms (:meth:`Preprocessing.scaling`) to
-        :meth:`on_after_batch_transfer` (``enabled``), so that the sets (and loader workers) only crop and
-        flip uint8 images, or give every set its whole transform again."""
-        self.scaling_after_transfer = enabled
-        self.retransform()
+    def scales_after_transfer(self) -> bool:
+        """Whether the loaders give uint8 images that :meth:`on_after_batch_transfer` finishes: under a
+        trainer on a GPU (the float steps run there, batched) or with loader workers (uint8 batches cross
+        processes in a quarter of the bytes; float ones cost more to move than the float steps cost, see
+        benchmarks/input_pipeline.py). Otherwise the loaders' images are the sets' own, ready for the
+        model."""
+        trainer = self.trainer
+        return trainer is not None and (
+            on_gpu(trainer) or loader_options(trainer, self.num_workers)["num_workers"] > 0
+        )
 
-    def set_transforms(self) -> tuple[Callable, Callable]:
-        """Return the training and evaluation transforms the sets get: without the float steps when
-        ``scaling_after_transfer``."""
-        scale = not self.scaling_after_transfer
-        return self.transform(True, scale), self.transform(False, scale)
+    def loader_view(self, dataset: RetrievalDataset) -> RetrievalDataset:
+        """Return ``dataset`` as the loaders read it when :meth:`scales_after_transfer`: the same items, its
+        transform stopping before the float steps (uint8 images)."""
+        view = copy.copy(dataset)
+        view.transform = self.transform(dataset is self.train_set, scale=False)
+        return view
 
     def retransform(self) -> None:
-        """Give the sets already built the transforms of :meth:`set_transforms`."""
+        """Give the sets already built the training and evaluation transforms of ``preprocessing``."""
         if self.train_set is None:
             return
-        train_t, eval_t = self.set_transforms()
+        train_t, eval_t = self.transform(True), self.transform(False)
         self.train_set.transform = train_t
         for dataset in [self.test_set, *self.val_sets.values()]:
             dataset.transform = eval_t
@@ -197,8 +202,6 @@ class RetrievalDataModule(L.LightningDataModule):
         training set can form batches, so that an impossible split stops before any training step."""
         if self.train_set is None:
             self.build_sets()
-        if self.trainer is not None:
-            self.scale_after_transfer(True)
         if stage == "fit":
             self.check_training_set()
 
@@ -206,7 +209,7 @@ class RetrievalDataModule(L.LightningDataModule):
         """Split the data into the training, validation and test sets, check them and log their sizes."""
         self.protocol.check_validation(self.validation)
         pool, test = self.screen_images(*self.build())
-        train_t, eval_t = self.set_transforms()
+        train_t, eval_t = self.transform(True), self.transform(False)
         generator = torch.Generator().manual_seed(self.seed)
         keep = torch.ones(len(pool), dtype=torch.bool)
         held_out = {}
@@ -280,7 +283,7 @@ class RetrievalDataModule(L.LightningDataModule):
         """
         seed = run_seed() if self.trainer is None else self.trainer.strategy.broadcast(run_seed())
         return DataLoader(
-            self.train_set,
+            self.loader_view(self.train_set) if self.scales_after_transfer() else self.train_set,
             batch_sampler=self.sampler.batch_sampler(self.train_set.labels, seed),
             **loader_options(self.trainer, self.num_workers),
         )
@@ -293,19 +296,17 @@ class RetrievalDataModule(L.LightningDataModule):
         if trainer is not None and trainer.world_size > 1:
             sampler = DistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)
         return DataLoader(
-            dataset,
+            self.loader_view(dataset) if self.scales_after_transfer() else dataset,
             batch_size=self.eval_batch_size,
             sampler=sampler,
             **loader_options(trainer, self.num_workers),
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """With ``scaling_after_transfer`` (set at ``setup`` when a trainer drives the loaders), finish the
-        transforms where the batch arrived: the uint8 crops of the sets become normalised floats in one
-        batched operation, on the GPU when the trainer uses one. Loader workers thus send uint8 batches, a
-        quarter of the bytes: float ones cost more to move between processes than the float steps cost
-        (benchmarks/input_pipeline.py)."""
-        if self.scaling_after_transfer:
+        """When :meth:`scales_after_transfer`, finish the transforms where the batch arrived: the uint8 crops
+        of the loaders (:meth:`loader_view`) become normalised floats (:meth:`Preprocessing.scale_batch`), on
+        the GPU when the trainer uses one."""
+        if self.scales_after_transfer():
             batch["image"] = self.preprocessing.scale_batch(batch["image"])
         return batch
 

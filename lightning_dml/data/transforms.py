@@ -1,12 +1,13 @@
 """Image transforms: one recipe per data module, from the dataset's defaults and the config's ``transforms``.
 
 Every transform is ``ToImage`` → geometry → float → normalisation. Geometry works on uint8 images; the float
-steps (:meth:`Preprocessing.scaling`) may instead run batched on the device, on uint8 batches the loader
-workers made (see ``RetrievalDataModule.on_after_batch_transfer``). The geometry depends on whether the
-recipe crops: small in-memory images (digits, MNIST, CIFAR) are not cropped and, for training, take the
-dataset's own augmentation; image files are resized and cropped to ``image_size`` (a random crop and a
-horizontal flip for training, the centre crop for evaluation). ``raw_pixels`` replaces scaling and
-normalisation by float pixel values in 0–255 (the GEMINI teacher's input).
+steps (:meth:`Preprocessing.scaling`) may instead run batched after transfer, on uint8 batches the loader
+workers made (:meth:`Preprocessing.scale_batch`; ``RetrievalDataModule.scales_after_transfer``). The
+geometry depends on whether the recipe crops: small in-memory images (digits, MNIST, CIFAR) are not cropped
+and, for training, take the dataset's own augmentation; image files are resized and cropped to
+``image_size`` (a random crop and a horizontal flip for training, the centre crop for evaluation).
+``raw_pixels`` replaces scaling and normalisation by float pixel values in 0–255 (the GEMINI teacher's
+input).
 """
 
 from __future__ import annotations

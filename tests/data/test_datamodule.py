@@ -147,17 +147,22 @@ def test_loaders_give_class_balanced_training_batches_and_ordered_evaluation_bat
     assert module.evaluation_sets("test") == {"test": module.test_set}
 
 
-def test_scaling_on_the_device_moves_the_float_steps_from_the_sets_to_the_transferred_batch():
-    data = Digits(validation=["test"])
+def test_loader_workers_send_uint8_batches_finished_after_transfer_and_the_sets_stay_whole():
+    from lightning import Trainer
+
+    data = Digits(validation=["test"], sampler=ClassBalanced(4, 3), eval_batch_size=5)
     data.setup()
-    whole = data.test_set[0]["image"]
-    data.scale_after_transfer(True)
-    item = data.test_set[0]
-    assert item["image"].dtype == torch.uint8
-    batch = data.on_after_batch_transfer({"image": item["image"][None], "label": torch.tensor([0])}, 0)
-    torch.testing.assert_close(batch["image"][0], whole, rtol=0, atol=0)
-    data.scale_after_transfer(False)
-    assert torch.equal(data.test_set[0]["image"], whole)
+    whole = torch.stack([data.test_set[i]["image"] for i in range(5)])
+    data.trainer = Trainer(accelerator="cpu", devices=1, logger=False)
+    assert not data.scales_after_transfer()  # no workers on the CPU: the sets' own images
+    assert torch.equal(next(iter(data.test_dataloader()))["image"], whole)
+    data.num_workers = 1
+    batch = next(iter(data.test_dataloader()))
+    assert data.scales_after_transfer() and batch["image"].dtype == torch.uint8
+    finished = data.on_after_batch_transfer(batch, 0)
+    torch.testing.assert_close(finished["image"], whole, rtol=0, atol=0)
+    assert torch.equal(data.test_set[0]["image"], whole[0])  # the set itself still gives model inputs
+    assert next(iter(data.train_dataloader()))["image"].dtype == torch.uint8
 
 
 def test_loader_options_pin_and_prefetch_only_on_a_gpu():
