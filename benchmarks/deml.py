@@ -1,6 +1,6 @@
 """DeML against the U512-style baseline and its ablations on Fashion-MNIST, zero-shot 0–4 → unseen 5–9.
 
-    python -m benchmarks.deml [--seeds 0 1 2] [--steps 600] [--rerender]
+    python -m benchmarks.deml [--seeds 0 1 2] [--steps 500] [--rerender]
 
 Writes benchmarks/results/deml.md and .json. Every row runs ``lightning-dml fit`` on
 configs/deml/small_cnn.yaml with its Fashion-MNIST values (small splittable CNN, 7×7 maps) and the same
@@ -42,9 +42,9 @@ def budget_args(steps: int) -> list[str]:
         "null",
         "--trainer.callbacks",
         "[]",
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.limit_train_batches",
+        "--trainer.max_epochs",  # exactly ``steps`` batches, across epochs (an epoch is 500 batches)
+        "-1",
+        "--trainer.max_steps",
         str(steps),
         "--trainer.enable_model_summary",
         "false",
@@ -54,7 +54,7 @@ def budget_args(steps: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=500)
     parser.add_argument(
         "--rerender",
         action="store_true",

@@ -1,6 +1,6 @@
 """Where DeML keeps the zero-shot information: its concatenated embedding, each learner, and its trunk.
 
-    python -m benchmarks.deml_readouts [--seeds 0 1 2] [--steps 600]
+    python -m benchmarks.deml_readouts [--seeds 0 1 2] [--steps 500]
 
 Writes benchmarks/results/deml_readouts.{md,json}. Fashion-MNIST, classes 0–4 train → the 5,000 test-file
 images of classes 5–9, leave-one-out, as benchmarks/readouts.py for the quickstart-style CNN. The network
@@ -72,7 +72,7 @@ def deml_entry(name: str, subcommand: str, *args: str) -> Entry:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=500)
     options = parser.parse_args()
     torch.set_num_threads(1)  # other jobs share the 2 cores
     base = [
