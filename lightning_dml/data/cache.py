@@ -184,6 +184,11 @@ def cached_views(
     prepare = "run lightning-dml-cache with this data config"
     if manifest is None:
         raise DataError(f"no image cache in {folder} ({MANIFEST} missing); {prepare} to write it")
+    if manifest.get("format") != FORMAT:
+        raise DataError(
+            f"{folder} holds an image cache of another format ({manifest.get('format')}), not "
+            f"{FORMAT!r}; delete it and {prepare} to write it again"
+        )
     expected = {
         "format": FORMAT,
         "dataset": type(module).__name__,

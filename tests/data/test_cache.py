@@ -134,6 +134,10 @@ def test_a_cache_of_other_images_is_refused_when_read_and_when_prepared(tmp_path
     manifest = (tmp_path / "cache/manifest.json").read_text()
     prepare_cache(CUB200(str(tmp_path / "data"), cache=str(tmp_path / "cache"), **PARTIAL), workers=1)
     assert (tmp_path / "cache/manifest.json").read_text() == manifest  # already there: kept as it is
+    older = json.loads(manifest) | {"format": "lightning_dml decoded images 1: raw uint8 (3, H, W)"}
+    (tmp_path / "cache/manifest.json").write_text(json.dumps(older))
+    with pytest.raises(DataError, match=r"of another format \(.*images 1.*\), not .*; delete it and run"):
+        CUB200(str(tmp_path / "data"), cache=str(tmp_path / "cache"), **PARTIAL).setup()
 
 
 def test_missing_cache_folder_that_is_no_cache_and_too_small_images_are_refused(tmp_path):
