@@ -141,12 +141,11 @@ def resnet50_rows(sizes: dict[str, int], device: torch.device, warmup: int, step
 
 def loader_batches(datamodule: Any, loader: DataLoader, device: torch.device) -> Iterator[dict[str, Any]]:
     """Endless training batches of ``loader`` (the data module's uint8 ``loader_view``), moved to ``device``
-    and finished there by ``Preprocessing.scale_batch``, as a training run gets them."""
+    and finished there by the data module's ``on_after_batch_transfer``, as a training run gets them."""
     while True:
         for batch in loader:
             moved = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-            moved["image"] = datamodule.preprocessing.scale_batch(moved["image"])
-            yield moved
+            yield datamodule.on_after_batch_transfer(moved, 0)
 
 
 def cache_row(sizes: dict[str, int], device: torch.device, warmup: int, steps: int) -> dict[str, Any]:

@@ -282,10 +282,8 @@ class RetrievalDataModule(L.LightningDataModule):
         shards itself. Its plans are seeded by the run seed, rank 0's (the same on every rank).
         """
         seed = run_seed() if self.trainer is None else self.trainer.strategy.broadcast(run_seed())
-        return DataLoader(
-            self.loader_view(self.train_set) if self.scales_after_transfer() else self.train_set,
-            batch_sampler=self.sampler.batch_sampler(self.train_set.labels, seed),
-            **loader_options(self.trainer, self.num_workers),
+        return self._loader(
+            self.train_set, batch_sampler=self.sampler.batch_sampler(self.train_set.labels, seed)
         )
 
     def _eval_loader(self, dataset: RetrievalDataset) -> DataLoader:
@@ -295,18 +293,18 @@ class RetrievalDataModule(L.LightningDataModule):
         sampler = None
         if trainer is not None and trainer.world_size > 1:
             sampler = DistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)
-        return DataLoader(
-            self.loader_view(dataset) if self.scales_after_transfer() else dataset,
-            batch_size=self.eval_batch_size,
-            sampler=sampler,
-            **loader_options(trainer, self.num_workers),
-        )
+        return self._loader(dataset, batch_size=self.eval_batch_size, sampler=sampler)
+
+    def _loader(self, dataset: RetrievalDataset, **sampling: Any) -> DataLoader:
+        # the set's uint8 view when the float steps run after transfer (see scales_after_transfer)
+        dataset = self.loader_view(dataset) if self.scales_after_transfer() else dataset
+        return DataLoader(dataset, **sampling, **loader_options(self.trainer, self.num_workers))
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """When :meth:`scales_after_transfer`, finish the transforms where the batch arrived: the uint8 crops
-        of the loaders (:meth:`loader_view`) become normalised floats (:meth:`Preprocessing.scale_batch`), on
-        the GPU when the trainer uses one."""
-        if self.scales_after_transfer():
+        """Finish the transforms of a uint8 batch where it arrived (the loaders' :meth:`loader_view`, when
+        :meth:`scales_after_transfer`; the sets' own images are floats): normalised floats by
+        :meth:`Preprocessing.scale_batch`, on the GPU when the trainer uses one."""
+        if batch["image"].dtype == torch.uint8:
             batch["image"] = self.preprocessing.scale_batch(batch["image"])
         return batch
 
