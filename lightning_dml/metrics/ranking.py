@@ -47,7 +47,7 @@ from lightning_dml.metrics.knn import (
 )
 from lightning_dml.metrics.symmetric import leave_one_out_screen
 from lightning_dml.metrics.ties import expected_precisions, expected_recall_at
-from lightning_dml.metrics.topm import best_of, group_count, row_candidates
+from lightning_dml.metrics.topm import best_of, group_size, row_candidates, row_group_maxima, row_windows
 
 INF = float("inf")
 #: Unit roundoff of float32, the screen's precision.
@@ -268,17 +268,16 @@ def _torch_screen(
     ``window`` ``(2, P)``: (query, sorted gallery position) of every item within ± tolerance of a query's
     best relevant score, for queries with more than that item there."""
     n_gallery = len(gallery)
-    groups = group_count(n_gallery, width)
-    padded = max(1, -(-n_gallery // groups)) * groups
+    per_group = group_size(n_gallery, width)
+    padded = max(1, -(-n_gallery // per_group)) * per_group
     gallery = F.pad(gallery, (0, 0, 0, padded - n_gallery))
     if chunk_size is None:
-        chunk_size = max(1, block_bytes // ((padded + padded // groups) * gallery.element_size()))
+        chunk_size = max(1, block_bytes // ((padded + padded // per_group) * gallery.element_size()))
     chunk_size = min(chunk_size, max(1, len(queries)))
     # Euclidean: 2<q, g> - |g|² ranks a row as -|q - g|² does (|q|² is constant along the row).
     shift = -gallery.square().sum(1) if problem.metric == "euclidean" else None
     if shift is not None:
         shift[n_gallery:] = -INF
-    sum_dtype = torch.float64 if padded >= 2**24 else None  # float32 sums of 0/1 are exact below 2^24
     block_buffer = gallery.new_empty(chunk_size * padded)
     results, pairs = [], []
     for start in range(0, len(queries), chunk_size):
@@ -293,16 +292,14 @@ def _torch_screen(
         problem.exclude(block, rows)
         relevant_scores = problem.relevant_scores(block, rows)
         low, high = _window(relevant_scores.amax(1), tolerance[rows], block.dtype)
-        columns, scores = best_of(*row_candidates(block, width, groups), min(width, padded))
-        window = ((scores >= low) & (scores <= high)).sum(1)
-        # Rows whose window may pass the list's end, or holds another item than their best relevant one.
-        further = torch.nonzero((scores[:, -1] >= low[:, 0]) | (window > 1)).flatten()
-        part = block[further]
-        inside = (part >= low[further]) & (part <= high[further])
-        crowded = inside.view(torch.uint8).sum(1, dtype=torch.int32) > 1
-        row, column = torch.nonzero(inside & crowded[:, None], as_tuple=True)
-        pairs.append(torch.stack([further[row] + start, column]))
-        above = block.gt_(high).sum(1, dtype=sum_dtype).long()
+        maxima = row_group_maxima(block, per_group)
+        columns, scores = best_of(*row_candidates(block, maxima, width), min(width, padded))
+        above, row, column = row_windows(block, maxima, columns, scores, low[:, 0], high[:, 0])
+        # Pairs of rows with more than their best relevant item in the window.
+        crowded = torch.bincount(row, minlength=len(chunk)) > 1
+        keep = crowded[row]
+        pairs.append(torch.stack([row[keep] + start, column[keep]]))
+        above = above.long()
         results.append((columns, scores, above))
     columns, scores, above = (torch.cat(parts) for parts in zip(*results, strict=True))
     return columns, scores, above, torch.cat(pairs, 1)
@@ -338,12 +335,12 @@ def _half_screen(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``_torch_screen``'s facts in leave-one-out with unique ids, each pair scored once (``symmetric``);
     rows back in the caller's order, Euclidean scores as -|q - g|² in full."""
-    groups = group_count(len(gallery), width)
-    padded = F.pad(gallery, (0, 0, 0, max(1, -(-len(gallery) // groups)) * groups - len(gallery)))
+    per_group = group_size(len(gallery), width)
+    padded = F.pad(gallery, (0, 0, 0, max(1, -(-len(gallery) // per_group)) * per_group - len(gallery)))
     # chunk_size rows of the first (widest) strip, or strips of 4/5 of block_bytes (+1/5 for counts).
     cells = chunk_size * len(padded) if chunk_size else block_bytes * 4 // (5 * padded.element_size())
     columns, scores, above, window = leave_one_out_screen(
-        padded, problem.labels, problem.metric, groups, width, cells, tolerance[order]
+        padded, problem.labels, problem.metric, per_group, width, cells, tolerance[order]
     )
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(len(order), device=order.device)

@@ -45,7 +45,7 @@ from lightning_dml.metrics.knn import (
 from lightning_dml.metrics.ranking import LIST_MARGIN, Ranking, screen_tolerance, vote_shares
 from lightning_dml.metrics.retrieval import count_relevant
 from lightning_dml.metrics.ties import expected_precisions
-from lightning_dml.metrics.topm import best_of, group_count, row_candidates
+from lightning_dml.metrics.topm import best_of, group_size, row_candidates, row_group_maxima, row_windows
 
 INF = float("inf")
 #: Queries each rank contributes to one all-gathered block.
@@ -114,11 +114,11 @@ class _Shard:
     """One rank's gallery share, label-sorted, and the facts every step needs."""
 
     items: Tensor  # raw embeddings, label-sorted (for float64 scores)
-    screen: Tensor  # prepared float32, zero-padded to a multiple of ``groups`` rows
+    screen: Tensor  # prepared float32, zero-padded to a multiple of ``per_group`` rows
     labels: Tensor
     ids: Tensor
     shift: Tensor | None  # -|g|² (Euclidean), -inf on padding
-    groups: int
+    per_group: int
     metric: Metric
 
     def __len__(self) -> int:
@@ -215,14 +215,14 @@ def _prepare_shard(embeddings: Tensor, labels: Tensor, ids: Tensor, metric: Metr
     """This rank's share sorted by label, with its float32 screen copy."""
     order = torch.argsort(labels, stable=True)
     screen = prepare_embeddings(embeddings, metric)[order]
-    groups = group_count(len(screen), width)
-    padded = max(1, -(-len(screen) // groups)) * groups
+    per_group = group_size(len(screen), width)
+    padded = max(1, -(-len(screen) // per_group)) * per_group
     screen = F.pad(screen, (0, 0, 0, padded - len(screen)))
     shift = None
     if metric == "euclidean":
         shift = -screen.square().sum(1)
         shift[len(order) :] = -INF
-    return _Shard(embeddings[order], screen, labels[order], ids[order], shift, groups, metric)
+    return _Shard(embeddings[order], screen, labels[order], ids[order], shift, per_group, metric)
 
 
 def _rank_block(
@@ -289,17 +289,18 @@ def _screen(
         else:
             scores = scores.mul_(2).add_(shard.shift)  # 2<q, g> - |g|²: -|q - g|² + |q|²
         exclude_positions(scores, excluded[rows])
-        counts[0, rows] = (scores > high[rows]).sum(1)
-        row, column = torch.nonzero((scores >= low[rows]) & (scores <= high[rows]), as_tuple=True)
+        maxima = row_group_maxima(scores, shard.per_group)
+        found = best_of(*row_candidates(scores, maxima, min(width, padded)), min(width, padded))
+        columns.append(found[0])
+        screened.append(found[1])
+        above, row, column = row_windows(scores, maxima, *found, low[rows, 0], high[rows, 0])
+        counts[0, rows] = above.long()
         row = row + start
         exact = pair_scores(block.embeddings, row, shard.items, column, shard.metric)
         same = exact == best[row]
         relevant = shard.labels[column] == block.labels[row]
         for index, counted in enumerate((exact > best[row], same, same & relevant)):
             counts[index] += torch.bincount(row[counted], minlength=n_queries)
-        found = best_of(*row_candidates(scores, min(width, padded), shard.groups), min(width, padded))
-        columns.append(found[0])
-        screened.append(found[1])
     return counts, _exact_lists(shard, block, torch.cat(columns), torch.cat(screened), tolerance, width)
 
 
