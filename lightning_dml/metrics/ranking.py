@@ -19,10 +19,11 @@ float64 (possible with lattice-valued data) are ordered by float64.
 **The screens.** ``backend="torch"`` scores ``chunk × Ng`` blocks against the label-sorted gallery (a
 query's relevant items are one column range) and never keeps the full top-k list for Recall@K: the rank of
 the first hit is a count of the items above the best relevant score, and the first ``max R + 4`` items come
-from interleaved group maxima (``topm``); in leave-one-out with unique ids and wide embeddings each pair is
-scored once (``symmetric``). ``backend="faiss"`` takes the same facts from a faiss flat-index
-search of ``depth`` neighbours; queries whose first hit lies deeper are resolved in float64. Both give the
-same ``Ranking`` (top lists may order exact ties differently).
+from group maxima (``topm``), which also find the items above and near that score: from the list where it
+reaches past them, else from the groups whose maximum reaches them. In leave-one-out with unique ids and
+wide embeddings each pair is scored once (``symmetric``). ``backend="faiss"`` takes the same facts from a
+faiss flat-index search of ``depth`` neighbours; queries whose first hit lies deeper are resolved in
+float64. Both give the same ``Ranking`` (top lists may order exact ties differently).
 """
 
 from __future__ import annotations
