@@ -15,7 +15,7 @@ from lightning_dml.metrics.topm import (
 INF = float("inf")
 
 
-def test_group_count_balances_group_maxima_and_candidates():
+def test_group_size_balances_group_maxima_and_candidates():
     assert group_size(60_512, 11) == 64  # SOP: sqrt(5501) ≈ 74, capped at 64
     assert group_size(5_936, 59) == 8  # CUB: sqrt(100.6) ≈ 10
     assert group_size(100, 20) == 1  # too few entries per top item to group
