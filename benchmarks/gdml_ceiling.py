@@ -27,17 +27,17 @@ from torch import nn
 from torchvision import datasets
 
 from benchmarks.runner import DATASETS, RESULTS
+from lightning_dml.data import FashionMNIST
 from lightning_dml.metrics import nearest_neighbour_classification, retrieval_metrics
 from lightning_dml.models import SmallCNN
 
-#: The data module's Fashion-MNIST normalisation (``FashionMNIST.default_preprocessing``).
-MEAN, STD = 0.2860, 0.3530
-
 
 def load(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised images ``(N, 1, 28, 28)`` and labels of Fashion-MNIST's training or test split."""
+    """Images ``(N, 1, 28, 28)`` of Fashion-MNIST's training or test split, normalised as the data module
+    does, and their labels."""
     split = datasets.FashionMNIST(DATASETS, train=train)
-    return ((split.data.float() / 255 - MEAN) / STD)[:, None], split.targets
+    (mean,), (std,) = FashionMNIST.default_preprocessing.mean, FashionMNIST.default_preprocessing.std
+    return ((split.data.float() / 255 - mean) / std)[:, None], split.targets
 
 
 @torch.no_grad()

@@ -300,8 +300,7 @@ def _torch_screen(
         crowded = torch.bincount(row, minlength=len(chunk)) > 1
         keep = crowded[row]
         pairs.append(torch.stack([row[keep] + start, column[keep]]))
-        above = above.long()
-        results.append((columns, scores, above))
+        results.append((columns, scores, above.long()))
     columns, scores, above = (torch.cat(parts) for parts in zip(*results, strict=True))
     return columns, scores, above, torch.cat(pairs, 1)
 
@@ -338,7 +337,7 @@ def _half_screen(
     rows back in the caller's order, Euclidean scores as -|q - g|² in full."""
     per_group = group_size(len(gallery), width)
     padded = F.pad(gallery, (0, 0, 0, max(1, -(-len(gallery) // per_group)) * per_group - len(gallery)))
-    # chunk_size rows of the first (widest) strip, or strips of 4/5 of block_bytes (+1/5 for counts).
+    # chunk_size rows of the first (widest) strip, or strips of 4/5 of block_bytes (+1/5 for group maxima).
     cells = chunk_size * len(padded) if chunk_size else block_bytes * 4 // (5 * padded.element_size())
     columns, scores, above, window = leave_one_out_screen(
         padded, problem.labels, problem.metric, per_group, width, cells, tolerance[order]

@@ -13,8 +13,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-INF = float("inf")
-
 #: Most entries per group.
 MAX_GROUP = 64
 #: A deep row's groups are read one by one unless that reads over 1/SPARSE_READS of its entries: a gathered
@@ -135,17 +133,17 @@ def row_windows(
     listed = (scores >= low[:, None]) & (scores <= high[:, None]) & ~deep[:, None]
     row, slot = torch.nonzero(listed, as_tuple=True)
     found_rows, found_columns = [row], [columns[row, slot]]
-    deep = torch.nonzero(deep).flatten()
-    if len(deep):
+    deep_rows = torch.nonzero(deep).flatten()
+    if len(deep_rows):
         size = block.shape[1] // maxima.shape[1]
-        reaching = maxima[deep] >= low[deep, None]
-        if int(reaching.count_nonzero()) * size * SPARSE_READS < len(deep) * block.shape[1]:
+        reaching = maxima[deep_rows] >= low[deep_rows, None]
+        if int(reaching.count_nonzero()) * size * SPARSE_READS < len(deep_rows) * block.shape[1]:
             row, group = torch.nonzero(reaching, as_tuple=True)
-            row, column = deep[row], _members(group, size)
+            row, column = deep_rows[row], _members(group, size)
             values = block[row[:, None], column]
         else:
-            row, column = deep, None
-            values = block[deep]
+            row, column = deep_rows, None
+            values = block[deep_rows]
         inside = (values >= low[row, None]) & (values <= high[row, None])
         sum_dtype = torch.float64 if values.shape[1] >= 2**24 else None  # float32 counts exact below 2^24
         above.index_add_(0, row, values.gt_(high[row, None]).sum(1, dtype=sum_dtype).to(above.dtype))
